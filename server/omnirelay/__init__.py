@@ -1,0 +1,1 @@
+"""omnirelay: a gRPC-native gateway in front of LLM providers."""
