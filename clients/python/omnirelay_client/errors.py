@@ -1,0 +1,144 @@
+"""Typed exceptions built from the server's rich gRPC status details.
+
+OmniRelayError
+├── InvalidArgumentError     .field_violations
+├── NotFoundError            (ErrorInfo metadata "suggestions" for unknown models)
+├── FailedPreconditionError
+├── DeadlineExceededError
+├── ResourceExhaustedError   .retry_delay, .quota_violations
+├── UnavailableError         .retry_delay, .attempts
+├── UnimplementedError
+├── UnauthenticatedError
+├── PermissionDeniedError
+├── CancelledError
+└── InternalError
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    subject: str
+    description: str
+
+
+class OmniRelayError(Exception):
+    """A failed call, with everything the server said about it."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+        self.reason = ""
+        self.metadata: dict[str, str] = {}
+        self.field_violations: tuple[FieldViolation, ...] = ()
+        self.quota_violations: tuple[QuotaViolation, ...] = ()
+        self.retry_delay: float | None = None
+        self.attempts: tuple[str, ...] = ()
+        self.request_id = ""
+
+
+class InvalidArgumentError(OmniRelayError): ...
+
+
+class NotFoundError(OmniRelayError): ...
+
+
+class FailedPreconditionError(OmniRelayError): ...
+
+
+class DeadlineExceededError(OmniRelayError): ...
+
+
+class ResourceExhaustedError(OmniRelayError): ...
+
+
+class UnavailableError(OmniRelayError): ...
+
+
+class UnimplementedError(OmniRelayError): ...
+
+
+class UnauthenticatedError(OmniRelayError): ...
+
+
+class PermissionDeniedError(OmniRelayError): ...
+
+
+class CancelledError(OmniRelayError): ...
+
+
+class InternalError(OmniRelayError): ...
+
+
+_BY_CODE: dict[grpc.StatusCode, type[OmniRelayError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
+    grpc.StatusCode.UNAUTHENTICATED: UnauthenticatedError,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDeniedError,
+    grpc.StatusCode.CANCELLED: CancelledError,
+}
+
+
+def from_rpc_error(error: grpc.RpcError) -> OmniRelayError:
+    """The typed exception for a failed call (sync or asyncio)."""
+    code: grpc.StatusCode = error.code()
+    message: str = error.details() or ""
+    result = _BY_CODE.get(code, InternalError)(code, message)
+    trailing: Any = error.trailing_metadata()
+    for key, value in trailing or ():
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            _apply_details(result, status_pb2.Status.FromString(value))
+        elif key == "x-request-id" and isinstance(value, str):
+            result.request_id = value
+    return result
+
+
+def _apply_details(result: OmniRelayError, status: status_pb2.Status) -> None:
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            result.reason = info.reason
+            result.metadata = dict(info.metadata)
+            result.request_id = result.request_id or info.metadata.get("request_id", "")
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            result.field_violations = tuple(
+                FieldViolation(v.field, v.description) for v in bad.field_violations
+            )
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+            result.retry_delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            quota = error_details_pb2.QuotaFailure()
+            detail.Unpack(quota)
+            result.quota_violations = tuple(
+                QuotaViolation(v.subject, v.description) for v in quota.violations
+            )
+        elif detail.Is(error_details_pb2.DebugInfo.DESCRIPTOR):
+            debug = error_details_pb2.DebugInfo()
+            detail.Unpack(debug)
+            result.attempts = tuple(debug.stack_entries)

@@ -1,0 +1,120 @@
+"""The composition root: settings in, a wired gRPC server out; start and graceful stop.
+
+Nothing else in the code base builds long-lived objects or reads settings
+beyond its own frozen section; this is where every choice of implementation
+(provider kinds, later cache stores, ledgers, limiters) is made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from omnirelay_client.v1 import (
+    benchmark_pb2,
+    benchmark_pb2_grpc,
+    completion_pb2,
+    completion_pb2_grpc,
+    stream_pb2,
+    stream_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
+
+from omnirelay.config.schema import Settings
+from omnirelay.gateway import Gateway
+from omnirelay.interceptors.edge import EdgeInterceptor
+from omnirelay.providers.registry import ProviderRegistry
+from omnirelay.routing.catalog import ModelCatalog
+from omnirelay.services.completion import CompletionService
+from omnirelay.services.pending import BenchmarkService, UsageService
+from omnirelay.services.stream import StreamCompletionService
+
+log = logging.getLogger("omnirelay.app")
+
+SERVICE_NAMES = (
+    completion_pb2.DESCRIPTOR.services_by_name["CompletionService"].full_name,
+    stream_pb2.DESCRIPTOR.services_by_name["StreamCompletionService"].full_name,
+    benchmark_pb2.DESCRIPTOR.services_by_name["BenchmarkService"].full_name,
+    usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+)
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+
+
+@dataclass
+class App:
+    """A wired server. ``start`` listens; ``shutdown`` drains and stops."""
+
+    settings: Settings
+    server: aio.Server
+    health: health.aio.HealthServicer
+    gateway: Gateway
+    providers: ProviderRegistry
+    host: str
+    port: int
+    _stopped: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        await self.server.start()
+        for name in ("", *SERVICE_NAMES):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (profile %s)", self.address, self.settings.profile)
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """NOT_SERVING, then the drain delay, then refuse new calls and give in-flight ones ``grace``."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        server_settings = self.settings.server
+        grace = server_settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        log.info("health NOT_SERVING; draining for %.1fs", server_settings.shutdown_drain_seconds)
+        if server_settings.shutdown_drain_seconds > 0:
+            await asyncio.sleep(server_settings.shutdown_drain_seconds)
+        log.info("refusing new calls; in-flight calls have %.1fs to finish", grace)
+        await self.server.stop(grace)
+        log.info("stopped")
+
+
+def build_app(settings: Settings, *, host: str | None = None, port: int | None = None) -> App:
+    """Wire every object from settings. Call inside a running event loop (grpc.aio needs one)."""
+    s = settings.server
+    providers = ProviderRegistry.from_settings(settings.providers)
+    catalog = ModelCatalog(settings.models, settings.presets, providers.names(), settings.default_model)
+    gateway = Gateway(catalog, providers)
+
+    server = aio.server(
+        interceptors=[EdgeInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", s.max_receive_message_bytes),
+            ("grpc.max_send_message_length", s.max_send_message_bytes),
+            ("grpc.keepalive_time_ms", s.keepalive_time_ms),
+            ("grpc.keepalive_timeout_ms", s.keepalive_timeout_ms),
+            ("grpc.keepalive_permit_without_calls", int(s.keepalive_permit_without_calls)),
+            ("grpc.http2.min_ping_interval_without_data_ms", min(s.keepalive_time_ms, 10_000)),
+            # One process per port unless `serve --workers` asks otherwise: two servers
+            # silently sharing a port by accident is worse than a bind error.
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    completion_pb2_grpc.add_CompletionServiceServicer_to_server(CompletionService(gateway), server)
+    stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(StreamCompletionService(gateway), server)
+    benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(BenchmarkService(), server)
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if s.reflection:
+        reflection.enable_server_reflection((*SERVICE_NAMES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
+
+    bind_host = host if host is not None else s.host
+    bind_port = port if port is not None else s.port
+    bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
+    return App(settings, server, health_servicer, gateway, providers, bind_host, bound)

@@ -1,0 +1,187 @@
+"""The ``omnirelay`` command: serve, config, chat, models, health.
+
+Exit codes: 0 success, 1 a failed call or check, 2 invalid configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from omnirelay.config import ConfigError, Settings, load_raw, load_settings, masked
+from omnirelay.config.schema import build_settings
+
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"config error: {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omnirelay", description="A gRPC-native gateway in front of LLM providers."
+    )
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--host", help="address to bind (default: server.host)")
+    serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default: server.port)")
+    serve.add_argument("--profile", help="settings profile (default: $OMNIRELAY_ENV or development)")
+    serve.set_defaults(func=_serve)
+
+    config = sub.add_parser("config", help="validate or show the settings")
+    config.add_argument("action", choices=("validate", "show"))
+    config.add_argument("--profile")
+    config.set_defaults(func=_config)
+
+    chat = sub.add_parser("chat", help="send a prompt to a running gateway and print the answer")
+    chat.add_argument("prompt")
+    chat.add_argument("--model", default="", help="alias, canonical name or provider/model")
+    chat.add_argument("--stream", action="store_true", help="print tokens as they arrive")
+    chat.add_argument("--system", default="", help="a system prompt")
+    chat.add_argument("--max-tokens", type=int)
+    chat.add_argument("--temperature", type=float)
+    chat.add_argument("--preset", default="")
+    chat.add_argument("--target", default="127.0.0.1:50051")
+    chat.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    chat.set_defaults(func=_chat)
+
+    models = sub.add_parser(
+        "models", help="list models (from the settings, or a running gateway with --target)"
+    )
+    models.add_argument("--target", help="ask this gateway instead of reading the settings")
+    models.add_argument("--profile")
+    models.set_defaults(func=_models)
+
+    health = sub.add_parser("health", help="check a gateway's gRPC health (exit 0 when SERVING)")
+    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--service", default="", help="service name; empty is the whole server")
+    health.add_argument("--timeout", type=float, default=3.0)
+    health.set_defaults(func=_health)
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = load_settings(args.profile)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        print(f"config error: --port = {args.port}: expected an integer from 0 to 65535", file=sys.stderr)
+        return EXIT_CONFIG
+    return asyncio.run(_run_server(settings, args.host, args.port))
+
+
+async def _run_server(settings: Settings, host: str | None, port: int | None) -> int:
+    from omnirelay.app import build_app
+    from omnirelay.telemetry import logs
+
+    logs.configure(settings.logging)
+    try:
+        app = build_app(settings, host=host, port=port)
+    except RuntimeError as exc:
+        print(f"omnirelay: cannot listen on {host or settings.server.host}:{port}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await app.start()
+    print(f"omnirelay serving on {app.address} profile={settings.profile}", flush=True)
+    await stop.wait()
+    await app.shutdown()
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    profile, raw = load_raw(args.profile)
+    settings = build_settings(raw, profile)
+    if args.action == "validate":
+        print(f"settings for profile {settings.profile!r} are valid")
+    else:
+        shown = {k: v for k, v in masked(raw).items() if k not in ("env", "load_dotenv")}
+        print(json.dumps({"profile": profile, **shown}, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from omnirelay_client import Client, OmniRelayError, Sampling, system, user
+
+    messages = [*([system(args.system)] if args.system else []), user(args.prompt)]
+    sampling = Sampling(max_tokens=args.max_tokens, temperature=args.temperature)
+    with Client(args.target, timeout=args.timeout) as client:
+        try:
+            if args.stream:
+                for event in client.stream(messages, model=args.model, sampling=sampling, preset=args.preset):
+                    if event.WhichOneof("event") == "text_delta":
+                        print(event.text_delta.text, end="", flush=True)
+                print()
+            else:
+                response = client.complete(messages, model=args.model, sampling=sampling, preset=args.preset)
+                for choice in response.choices:
+                    print("".join(p.text for p in choice.message.content))
+        except OmniRelayError as exc:
+            print(f"omnirelay: {exc}", file=sys.stderr)
+            for violation in exc.field_violations:
+                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            return EXIT_FAILED
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    rows: list[tuple[str, str, str, str, str]] = []
+    if args.target:
+        from omnirelay_client import Client, OmniRelayError
+
+        from omnirelay.services.render import CAPABILITIES
+
+        names = {v: k for k, v in CAPABILITIES.items()}
+        try:
+            with Client(args.target, timeout=10.0) as client:
+                for m in client.list_models():
+                    caps = ",".join(names[c] for c in m.capabilities)
+                    rows.append(
+                        (m.name, ",".join(m.providers), ",".join(m.aliases), str(m.context_window), caps)
+                    )
+        except OmniRelayError as exc:
+            print(f"omnirelay: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+    else:
+        for s in load_settings(args.profile).models.values():
+            caps = ",".join(s.capabilities)
+            rows.append((s.name, s.provider, ",".join(s.aliases), str(s.context_window), caps))
+    header = ("MODEL", "PROVIDER", "ALIASES", "CONTEXT", "CAPABILITIES")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *sorted(rows)]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"omnirelay: health check failed: {exc.code().name}", file=sys.stderr)
+            return EXIT_FAILED
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(status)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

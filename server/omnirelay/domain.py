@@ -1,0 +1,332 @@
+"""The frozen dataclasses the core speaks: requests, chunks, results, usage.
+
+The service layer builds these once from the protobuf request; providers,
+routing and accounting see only these types, never protobuf messages, so a
+contract change touches the translation modules alone.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Role(enum.Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+    TOOL = "tool"
+
+
+class FinishReason(enum.Enum):
+    UNKNOWN = "unknown"
+    STOP = "stop"
+    LENGTH = "length"
+    TOOL_CALLS = "tool_calls"
+    CONTENT_FILTER = "content_filter"
+    REFUSAL = "refusal"
+    CANCELLED = "cancelled"
+    ERROR = "error"
+
+
+class ToolChoiceMode(enum.Enum):
+    DEFAULT = "default"
+    AUTO = "auto"
+    NONE = "none"
+    REQUIRED = "required"
+    FUNCTION = "function"
+
+
+class ResponseFormatType(enum.Enum):
+    TEXT = "text"
+    JSON_OBJECT = "json_object"
+    JSON_SCHEMA = "json_schema"
+
+
+class CacheMode(enum.Enum):
+    USE = "use"
+    BYPASS = "bypass"
+    REFRESH = "refresh"
+    ONLY_IF_CACHED = "only_if_cached"
+
+
+@dataclass(frozen=True, slots=True)
+class TextPart:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePart:
+    url: str = ""
+    data: bytes = b""
+    media_type: str = ""
+    detail: str = ""
+
+
+ContentPart = TextPart | ImagePart
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    parts: tuple[ContentPart, ...] = ()
+    name: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str = ""
+
+    @property
+    def text(self) -> str:
+        """The message's text parts joined; images contribute nothing."""
+        return "".join(p.text for p in self.parts if isinstance(p, TextPart))
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ToolChoice:
+    mode: ToolChoiceMode = ToolChoiceMode.DEFAULT
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseFormat:
+    type: ResponseFormatType = ResponseFormatType.TEXT
+    schema_name: str = ""
+    json_schema: Mapping[str, Any] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    """Sampling parameters; ``None`` means "not set" so presets can fill it."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    n: int | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    response_format: ResponseFormat | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+
+    def set_fields(self) -> tuple[str, ...]:
+        """Names of the parameters the caller set (for unsupported-parameter checks)."""
+        names = [n for n in _SAMPLING_SCALARS if getattr(self, n) is not None]
+        if self.stop:
+            names.append("stop")
+        return tuple(names)
+
+    def over(self, base: Sampling) -> Sampling:
+        """These values where set, ``base``'s elsewhere (request over preset)."""
+        values = {
+            n: getattr(self, n) if getattr(self, n) is not None else getattr(base, n)
+            for n in _SAMPLING_SCALARS
+        }
+        return Sampling(stop=self.stop or base.stop, **values)
+
+
+_SAMPLING_SCALARS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "seed",
+    "n",
+    "presence_penalty",
+    "frequency_penalty",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    allow_fallback: bool | None = None
+    fallback_models: tuple[str, ...] = ()
+    strategy: str = ""
+    sticky_key: str = ""
+    strict_parameters: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    mode: CacheMode = CacheMode.USE
+    ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attribution:
+    project: str = ""
+    user: str = ""
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionRequest:
+    """One completion call as the core sees it, built once at the edge."""
+
+    model: str
+    messages: tuple[Message, ...]
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: ToolChoice = ToolChoice()
+    sampling: Sampling = Sampling()
+    preset: str = ""
+    routing: Routing = Routing()
+    cache: CachePolicy = CachePolicy()
+    attribution: Attribution = Attribution()
+    request_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenUsage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    index: int
+    text: str
+    finish_reason: FinishReason
+    tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""
+    refusal: str = ""
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionResult:
+    """What a provider returns for a unary call."""
+
+    choices: tuple[Choice, ...]
+    usage: TokenUsage
+    upstream_request_id: str = ""
+
+
+# Stream chunks: what a provider yields while streaming, in order.
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    choice_index: int
+    text: str
+    reasoning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    choice_index: int
+    index: int
+    id: str = ""
+    name: str = ""
+    arguments_delta: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FinishChunk:
+    choice_index: int
+    reason: FinishReason
+    logprobs: tuple[TokenLogprob, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UsageChunk:
+    usage: TokenUsage
+
+
+StreamChunk = TextDelta | ToolCallDelta | FinishChunk | UsageChunk
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """Where a model is served: a provider and the provider's own model id."""
+
+    name: str
+    provider: str
+    provider_model: str
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderCall:
+    """One upstream attempt: the request with its sampling resolved, and the target."""
+
+    request: CompletionRequest
+    sampling: Sampling
+    deployment: Deployment
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInfo:
+    """How a call was served, for the response's route facts."""
+
+    requested_model: str
+    resolved_model: str
+    deployment: Deployment
+    request_id: str
+    latency_seconds: float = 0.0
+    ttft_seconds: float | None = None
+    dropped_parameters: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished unary call: the provider's result and the route that served it."""
+
+    result: CompletionResult
+    route: RouteInfo
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingResult:
+    vectors: tuple[tuple[float, ...], ...]
+    usage: TokenUsage
+
+
+# Gateway stream events: what the core yields to the stream service, in order.
+
+
+@dataclass(frozen=True, slots=True)
+class RouteStart:
+    """The upstream chosen; precedes the attempt's chunks."""
+
+    route: RouteInfo
+    attempt: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDone:
+    """The stream completed; carries the final route facts (latency, time to first token)."""
+
+    route: RouteInfo
+
+
+GatewayEvent = StreamChunk | RouteStart | StreamDone

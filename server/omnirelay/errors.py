@@ -1,0 +1,227 @@
+"""The one error tree of omnirelay, and its mapping to gRPC statuses.
+
+Every failure the gateway reports to a caller is one of these classes. Each
+class knows its gRPC code and a stable ``reason`` (sent as ``google.rpc.ErrorInfo``),
+and adds the rich details a caller can act on::
+
+    OmniRelayError                      INTERNAL
+    ├── InvalidArgumentError            INVALID_ARGUMENT  + BadRequest field violations
+    ├── FailedPreconditionError         FAILED_PRECONDITION
+    ├── NotFoundError                   NOT_FOUND
+    │   └── ModelNotFoundError          NOT_FOUND         (+ close matches in the message and ErrorInfo)
+    ├── DeadlineExceededError           DEADLINE_EXCEEDED
+    ├── ResourceExhaustedError          RESOURCE_EXHAUSTED + RetryInfo, QuotaFailure
+    ├── UnavailableError                UNAVAILABLE       + RetryInfo, one DebugInfo entry per attempt
+    ├── UnimplementedError              UNIMPLEMENTED
+    └── ShuttingDownError               UNAVAILABLE       (the server is draining)
+
+Foreign exceptions are translated where they are caught (``raise ... from exc``);
+``to_status`` is the only place a gRPC status is built from an error. Messages
+never contain secrets: adapters pass only what the caller may see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+ERROR_DOMAIN = "omnirelay.dev"
+
+
+# A google.rpc detail message (ErrorInfo, BadRequest, RetryInfo, QuotaFailure, DebugInfo).
+Detail = Message
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field of a request: its path (``sampling.temperature``) and what is wrong."""
+
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class QuotaViolation:
+    """One exhausted quota: what it applies to and how."""
+
+    subject: str
+    description: str
+
+
+class OmniRelayError(Exception):
+    """Base of every error omnirelay reports; an unexpected one is INTERNAL."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    reason: str = "INTERNAL"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.metadata: dict[str, str] = dict(metadata or {})
+
+    def _details(self) -> Iterable[Detail]:
+        """Rich details beyond ErrorInfo; subclasses add theirs."""
+        return ()
+
+    def to_status(self, request_id: str = "") -> grpc.Status:
+        """The gRPC status (code, message, google.rpc details) a caller receives."""
+        metadata = dict(self.metadata)
+        if request_id:
+            metadata["request_id"] = request_id
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
+        details = [_pack(info), *(_pack(d) for d in self._details())]
+        status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=details)
+        converted: grpc.Status = rpc_status.to_status(status)
+        return converted
+
+
+def _pack(message: Detail) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+class InvalidArgumentError(OmniRelayError):
+    """The request is malformed; every bad field is named."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "INVALID_ARGUMENT"
+
+    def __init__(self, violations: Sequence[FieldViolation], message: str | None = None) -> None:
+        self.violations = tuple(violations)
+        text = message or "invalid request: " + "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(text)
+
+    def _details(self) -> Iterable[Detail]:
+        yield error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in self.violations
+            ]
+        )
+
+
+class FailedPreconditionError(OmniRelayError):
+    """The request is well formed but cannot be served in the current state."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "FAILED_PRECONDITION"
+
+
+class NotFoundError(OmniRelayError):
+    """A named thing does not exist."""
+
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "NOT_FOUND"
+
+
+class ModelNotFoundError(NotFoundError):
+    """The model name resolves to nothing; the message lists the closest known names."""
+
+    reason = "MODEL_NOT_FOUND"
+
+    def __init__(self, name: str, suggestions: Sequence[str]) -> None:
+        self.name = name
+        self.suggestions = tuple(suggestions)
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(
+            f"unknown model {name!r}{hint} (ListModels or `omnirelay models` lists every model)",
+            metadata={"model": name, "suggestions": ",".join(suggestions)},
+        )
+
+
+class DeadlineExceededError(OmniRelayError):
+    """The caller's deadline passed before the answer was complete."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "DEADLINE_EXCEEDED"
+
+
+class ResourceExhaustedError(OmniRelayError):
+    """A rate limit, quota or budget refuses the call; says when to retry."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RESOURCE_EXHAUSTED"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after_seconds: float | None = None,
+        violations: Sequence[QuotaViolation] = (),
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+        self.violations = tuple(violations)
+        if reason:
+            self.reason = reason
+
+    def _details(self) -> Iterable[Detail]:
+        if self.retry_after_seconds is not None:
+            yield _retry_info(self.retry_after_seconds)
+        if self.violations:
+            yield error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(subject=v.subject, description=v.description)
+                    for v in self.violations
+                ]
+            )
+
+
+class UnavailableError(OmniRelayError):
+    """No upstream could serve the call; one detail entry per failed attempt."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_UNAVAILABLE"
+
+    def __init__(
+        self, message: str, *, attempts: Sequence[str] = (), retry_after_seconds: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.attempts = tuple(attempts)
+        self.retry_after_seconds = retry_after_seconds
+
+    def _details(self) -> Iterable[Detail]:
+        if self.retry_after_seconds is not None:
+            yield _retry_info(self.retry_after_seconds)
+        if self.attempts:
+            yield error_details_pb2.DebugInfo(stack_entries=list(self.attempts), detail="attempts")
+
+
+class UnimplementedError(OmniRelayError):
+    """The method exists in the contract but this server does not serve it yet."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    reason = "UNIMPLEMENTED"
+
+
+class ShuttingDownError(OmniRelayError):
+    """The server is draining; the caller should retry on another replica."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "SHUTTING_DOWN"
+
+
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    whole = int(seconds)
+    delay = duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
+_CODES: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
+    grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION: code_pb2.FAILED_PRECONDITION,
+    grpc.StatusCode.NOT_FOUND: code_pb2.NOT_FOUND,
+    grpc.StatusCode.DEADLINE_EXCEEDED: code_pb2.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
+    grpc.StatusCode.UNIMPLEMENTED: code_pb2.UNIMPLEMENTED,
+}

@@ -1,0 +1,1 @@
+"""gRPC server interceptors, outermost first as wired in app.py."""

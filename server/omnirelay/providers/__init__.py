@@ -1,0 +1,1 @@
+"""Provider adapters: the ChatProvider Protocol, the registry, and one module per provider."""

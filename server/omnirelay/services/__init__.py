@@ -1,0 +1,1 @@
+"""One module per gRPC service: translation between protobuf and the core, nothing more."""

@@ -1,0 +1,28 @@
+"""What the services read from a call's context: its deadline, and the route metadata they send."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from grpc import aio
+
+from omnirelay.domain import RouteInfo
+from omnirelay.interceptors.edge import REQUEST_ID_HEADER
+
+
+def deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
+    """The caller's deadline in event-loop time, or None when it set none."""
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + remaining
+
+
+def route_metadata(route: RouteInfo) -> tuple[tuple[str, str], ...]:
+    """Response metadata naming who served the call, so proxies and logs need not parse bodies."""
+    return (
+        (REQUEST_ID_HEADER, route.request_id),
+        ("x-omnirelay-model", route.resolved_model),
+        ("x-omnirelay-provider", route.deployment.provider),
+    )

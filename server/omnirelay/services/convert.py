@@ -1,0 +1,201 @@
+"""Protobuf requests into domain requests, validated in the same pass.
+
+Every violation is collected (not just the first) and reported with the
+field's path in the proto (``messages[2].role``, ``sampling.temperature``) so
+a caller can fix the whole request at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf import json_format
+from omnirelay_client.v1 import completion_pb2, types_pb2
+
+from omnirelay import domain as d
+from omnirelay.errors import FieldViolation, InvalidArgumentError
+
+_ROLES = {
+    types_pb2.ROLE_SYSTEM: d.Role.SYSTEM,
+    types_pb2.ROLE_USER: d.Role.USER,
+    types_pb2.ROLE_ASSISTANT: d.Role.ASSISTANT,
+    types_pb2.ROLE_TOOL: d.Role.TOOL,
+}
+_TOOL_MODES = {
+    types_pb2.ToolChoice.MODE_UNSPECIFIED: d.ToolChoiceMode.DEFAULT,
+    types_pb2.ToolChoice.MODE_AUTO: d.ToolChoiceMode.AUTO,
+    types_pb2.ToolChoice.MODE_NONE: d.ToolChoiceMode.NONE,
+    types_pb2.ToolChoice.MODE_REQUIRED: d.ToolChoiceMode.REQUIRED,
+    types_pb2.ToolChoice.MODE_FUNCTION: d.ToolChoiceMode.FUNCTION,
+}
+_FORMATS = {
+    types_pb2.ResponseFormat.TYPE_UNSPECIFIED: d.ResponseFormatType.TEXT,
+    types_pb2.ResponseFormat.TYPE_TEXT: d.ResponseFormatType.TEXT,
+    types_pb2.ResponseFormat.TYPE_JSON_OBJECT: d.ResponseFormatType.JSON_OBJECT,
+    types_pb2.ResponseFormat.TYPE_JSON_SCHEMA: d.ResponseFormatType.JSON_SCHEMA,
+}
+_CACHE_MODES = {
+    types_pb2.CacheOptions.MODE_UNSPECIFIED: d.CacheMode.USE,
+    types_pb2.CacheOptions.MODE_USE: d.CacheMode.USE,
+    types_pb2.CacheOptions.MODE_BYPASS: d.CacheMode.BYPASS,
+    types_pb2.CacheOptions.MODE_REFRESH: d.CacheMode.REFRESH,
+    types_pb2.CacheOptions.MODE_ONLY_IF_CACHED: d.CacheMode.ONLY_IF_CACHED,
+}
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+MAX_STOP_SEQUENCES = 4
+MAX_CHOICES = 16
+
+
+def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> d.CompletionRequest:
+    """The domain request, or InvalidArgumentError naming every bad field."""
+    bad: list[FieldViolation] = []
+    messages = messages_from(msg.messages, bad)
+    tools = tuple(_tool(t, i, bad) for i, t in enumerate(msg.tools))
+    tool_choice = d.ToolChoice(
+        _TOOL_MODES.get(msg.tool_choice.mode, d.ToolChoiceMode.DEFAULT), msg.tool_choice.name
+    )
+    if tool_choice.mode is d.ToolChoiceMode.FUNCTION and tool_choice.name not in {t.name for t in tools}:
+        bad.append(
+            FieldViolation("tool_choice.name", f"{tool_choice.name!r} is not one of the declared tools")
+        )
+    if tool_choice.mode in (d.ToolChoiceMode.REQUIRED, d.ToolChoiceMode.FUNCTION) and not tools:
+        bad.append(FieldViolation("tool_choice.mode", "requires at least one tool in `tools`"))
+    sampling = _sampling(msg.sampling, bad) if msg.HasField("sampling") else d.Sampling()
+    cache = _cache(msg.cache, bad)
+    if bad:
+        raise InvalidArgumentError(bad)
+    routing = msg.routing
+    return d.CompletionRequest(
+        model=msg.model,
+        messages=messages,
+        tools=tools,
+        tool_choice=tool_choice,
+        sampling=sampling,
+        preset=msg.preset,
+        routing=d.Routing(
+            allow_fallback=routing.allow_fallback if routing.HasField("allow_fallback") else None,
+            fallback_models=tuple(routing.fallback_models),
+            strategy=types_pb2.RoutingOptions.Strategy.Name(routing.strategy),
+            sticky_key=routing.sticky_key,
+            strict_parameters=routing.strict_parameters,
+        ),
+        cache=cache,
+        attribution=d.Attribution(
+            project=msg.attribution.project,
+            user=msg.attribution.user,
+            tags=tuple(sorted(msg.attribution.tags.items())),
+        ),
+        request_id=request_id,
+    )
+
+
+def messages_from(items: Any, bad: list[FieldViolation], *, required: bool = True) -> tuple[d.Message, ...]:
+    if required and not items:
+        bad.append(FieldViolation("messages", "must contain at least one message"))
+    return tuple(_message(m, i, bad) for i, m in enumerate(items))
+
+
+def _message(m: types_pb2.Message, i: int, bad: list[FieldViolation]) -> d.Message:
+    path = f"messages[{i}]"
+    role = _ROLES.get(m.role)
+    if role is None:
+        bad.append(
+            FieldViolation(f"{path}.role", "is required: ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
+        )
+        role = d.Role.USER
+    parts: list[d.ContentPart] = []
+    for j, part in enumerate(m.content):
+        kind = part.WhichOneof("part")
+        if kind == "text":
+            parts.append(d.TextPart(part.text))
+        elif kind == "image":
+            image = part.image
+            if image.WhichOneof("source") is None:
+                bad.append(FieldViolation(f"{path}.content[{j}].image", "must set url or data"))
+            elif image.HasField("data") and not image.media_type:
+                bad.append(FieldViolation(f"{path}.content[{j}].image.media_type", "is required with data"))
+            parts.append(d.ImagePart(image.url, image.data, image.media_type, image.detail))
+        else:
+            bad.append(FieldViolation(f"{path}.content[{j}]", "must set text or image"))
+    calls = tuple(d.ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls)
+    if not parts and not calls:
+        bad.append(FieldViolation(f"{path}.content", "must contain at least one part (or tool calls)"))
+    if calls and role is not d.Role.ASSISTANT:
+        bad.append(FieldViolation(f"{path}.tool_calls", "only assistant messages carry tool calls"))
+    if role is d.Role.TOOL and not m.tool_call_id:
+        bad.append(FieldViolation(f"{path}.tool_call_id", "is required for ROLE_TOOL messages"))
+    return d.Message(role, tuple(parts), m.name, calls, m.tool_call_id)
+
+
+def _tool(t: types_pb2.Tool, i: int, bad: list[FieldViolation]) -> d.ToolSpec:
+    if not _TOOL_NAME.match(t.name):
+        bad.append(FieldViolation(f"tools[{i}].name", "must be 1-64 letters, digits, '_' or '-'"))
+    params = json_format.MessageToDict(t.parameters) if t.HasField("parameters") else {}
+    return d.ToolSpec(t.name, t.description, params, t.strict)
+
+
+def _sampling(s: types_pb2.SamplingParams, bad: list[FieldViolation]) -> d.Sampling:
+    def ranged(name: str, lo: float, hi: float, low_open: bool = False) -> float | None:
+        if not s.HasField(name):  # type: ignore[arg-type]
+            return None
+        value: float = getattr(s, name)
+        ok = math.isfinite(value) and (lo < value if low_open else lo <= value) and value <= hi
+        if not ok:
+            bracket = "(" if low_open else "["
+            bad.append(
+                FieldViolation(f"sampling.{name}", f"must be in {bracket}{lo:g}, {hi:g}], got {value:g}")
+            )
+        return value
+
+    def at_least(name: str, lo: int, hi: int | None = None) -> int | None:
+        if not s.HasField(name):  # type: ignore[arg-type]
+            return None
+        value: int = getattr(s, name)
+        if value < lo or (hi is not None and value > hi):
+            allowed = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
+            bad.append(FieldViolation(f"sampling.{name}", f"must be {allowed}, got {value}"))
+        return value
+
+    stop = tuple(s.stop)
+    if len(stop) > MAX_STOP_SEQUENCES:
+        bad.append(
+            FieldViolation("sampling.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stop)}")
+        )
+    if any(not x for x in stop):
+        bad.append(FieldViolation("sampling.stop", "stop sequences must not be empty"))
+    return d.Sampling(
+        temperature=ranged("temperature", 0.0, 2.0),
+        top_p=ranged("top_p", 0.0, 1.0, low_open=True),
+        top_k=at_least("top_k", 1),
+        max_tokens=at_least("max_tokens", 1),
+        stop=stop,
+        seed=s.seed if s.HasField("seed") else None,
+        n=at_least("n", 1, MAX_CHOICES),
+        presence_penalty=ranged("presence_penalty", -2.0, 2.0),
+        frequency_penalty=ranged("frequency_penalty", -2.0, 2.0),
+        response_format=_format(s.response_format, bad) if s.HasField("response_format") else None,
+        logprobs=s.logprobs if s.HasField("logprobs") else None,
+        top_logprobs=at_least("top_logprobs", 0, 20),
+    )
+
+
+def _format(f: types_pb2.ResponseFormat, bad: list[FieldViolation]) -> d.ResponseFormat:
+    kind = _FORMATS.get(f.type, d.ResponseFormatType.TEXT)
+    schema: Mapping[str, Any] | None = None
+    if f.HasField("json_schema"):
+        schema = json_format.MessageToDict(f.json_schema)
+    if kind is d.ResponseFormatType.JSON_SCHEMA and not schema:
+        bad.append(FieldViolation("sampling.response_format.json_schema", "is required for TYPE_JSON_SCHEMA"))
+    return d.ResponseFormat(kind, f.schema_name, schema, f.strict)
+
+
+def _cache(c: types_pb2.CacheOptions, bad: list[FieldViolation]) -> d.CachePolicy:
+    ttl: float | None = None
+    if c.HasField("ttl"):
+        ttl = c.ttl.seconds + c.ttl.nanos / 1e9
+        if ttl < 0:
+            bad.append(FieldViolation("cache.ttl", "must not be negative"))
+    return d.CachePolicy(_CACHE_MODES.get(c.mode, d.CacheMode.USE), ttl)

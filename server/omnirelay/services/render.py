@@ -1,0 +1,155 @@
+"""Domain results into protobuf responses and stream events."""
+
+from __future__ import annotations
+
+from google.protobuf import duration_pb2
+from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
+
+from omnirelay import domain as d
+from omnirelay.config.schema import ModelSettings
+
+_FINISH = {
+    d.FinishReason.UNKNOWN: types_pb2.FINISH_REASON_UNSPECIFIED,
+    d.FinishReason.STOP: types_pb2.FINISH_REASON_STOP,
+    d.FinishReason.LENGTH: types_pb2.FINISH_REASON_LENGTH,
+    d.FinishReason.TOOL_CALLS: types_pb2.FINISH_REASON_TOOL_CALLS,
+    d.FinishReason.CONTENT_FILTER: types_pb2.FINISH_REASON_CONTENT_FILTER,
+    d.FinishReason.REFUSAL: types_pb2.FINISH_REASON_REFUSAL,
+    d.FinishReason.CANCELLED: types_pb2.FINISH_REASON_CANCELLED,
+    d.FinishReason.ERROR: types_pb2.FINISH_REASON_ERROR,
+}
+CAPABILITIES = {
+    "streaming": types_pb2.CAPABILITY_STREAMING,
+    "tools": types_pb2.CAPABILITY_TOOLS,
+    "json_mode": types_pb2.CAPABILITY_JSON_MODE,
+    "json_schema": types_pb2.CAPABILITY_JSON_SCHEMA,
+    "vision": types_pb2.CAPABILITY_VISION,
+    "reasoning": types_pb2.CAPABILITY_REASONING,
+    "embeddings": types_pb2.CAPABILITY_EMBEDDINGS,
+}
+
+
+def duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def usage(u: d.TokenUsage, cost_micros: int = 0) -> types_pb2.Usage:
+    return types_pb2.Usage(
+        input_tokens=u.input_tokens,
+        output_tokens=u.output_tokens,
+        cached_input_tokens=u.cached_input_tokens,
+        reasoning_tokens=u.reasoning_tokens,
+        cost_micros=cost_micros,
+        estimated=u.estimated,
+    )
+
+
+def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
+    facts = types_pb2.RouteFacts(
+        requested_model=r.requested_model,
+        resolved_model=r.resolved_model,
+        provider=r.deployment.provider,
+        deployment=r.deployment.name,
+        attempts=[
+            types_pb2.Attempt(
+                model=r.resolved_model,
+                provider=r.deployment.provider,
+                deployment=r.deployment.name,
+                outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
+                latency=duration(r.latency_seconds),
+            )
+        ],
+        latency=duration(r.latency_seconds),
+        request_id=r.request_id,
+        dropped_parameters=r.dropped_parameters,
+    )
+    if r.ttft_seconds is not None:
+        facts.time_to_first_token.CopyFrom(duration(r.ttft_seconds))
+    return facts
+
+
+def _logprobs(items: tuple[d.TokenLogprob, ...]) -> types_pb2.Logprobs:
+    return types_pb2.Logprobs(
+        tokens=[types_pb2.TokenLogprob(token=t.token, logprob=t.logprob) for t in items]
+    )
+
+
+def choice(c: d.Choice) -> types_pb2.Choice:
+    message = types_pb2.Message(
+        role=types_pb2.ROLE_ASSISTANT,
+        content=[types_pb2.ContentPart(text=c.text)] if c.text else [],
+        tool_calls=[
+            types_pb2.ToolCall(id=t.id, name=t.name, arguments_json=t.arguments_json) for t in c.tool_calls
+        ],
+    )
+    out = types_pb2.Choice(
+        index=c.index,
+        message=message,
+        finish_reason=_FINISH[c.finish_reason],
+        reasoning=c.reasoning,
+        refusal=c.refusal,
+    )
+    if c.logprobs is not None:
+        out.logprobs.CopyFrom(_logprobs(c.logprobs))
+    return out
+
+
+def complete_response(c: d.Completion) -> completion_pb2.CompleteResponse:
+    return completion_pb2.CompleteResponse(
+        choices=[choice(x) for x in c.result.choices],
+        usage=usage(c.result.usage),
+        route=route_facts(c.route),
+    )
+
+
+def route_started(r: d.RouteInfo, attempt: int) -> stream_pb2.StreamCompleteResponse:
+    return stream_pb2.StreamCompleteResponse(
+        route_started=stream_pb2.RouteStarted(
+            model=r.resolved_model,
+            provider=r.deployment.provider,
+            deployment=r.deployment.name,
+            attempt=attempt,
+        )
+    )
+
+
+def stream_event(e: d.GatewayEvent) -> stream_pb2.StreamCompleteResponse:
+    """One stream event per gateway event (text deltas first: they are the hot path)."""
+    if isinstance(e, d.TextDelta):
+        return stream_pb2.StreamCompleteResponse(
+            text_delta=stream_pb2.TextDelta(choice_index=e.choice_index, text=e.text, reasoning=e.reasoning)
+        )
+    if isinstance(e, d.ToolCallDelta):
+        return stream_pb2.StreamCompleteResponse(
+            tool_call_delta=stream_pb2.ToolCallDelta(
+                choice_index=e.choice_index,
+                index=e.index,
+                id=e.id,
+                name=e.name,
+                arguments_delta=e.arguments_delta,
+            )
+        )
+    if isinstance(e, d.FinishChunk):
+        finish = stream_pb2.Finish(choice_index=e.choice_index, finish_reason=_FINISH[e.reason])
+        if e.logprobs is not None:
+            finish.logprobs.CopyFrom(_logprobs(e.logprobs))
+        return stream_pb2.StreamCompleteResponse(finish=finish)
+    if isinstance(e, d.UsageChunk):
+        return stream_pb2.StreamCompleteResponse(usage=usage(e.usage))
+    if isinstance(e, d.RouteStart):
+        return route_started(e.route, e.attempt)
+    return stream_pb2.StreamCompleteResponse(done=stream_pb2.Done(route=route_facts(e.route)))
+
+
+def model_info(m: ModelSettings) -> types_pb2.ModelInfo:
+    return types_pb2.ModelInfo(
+        name=m.name,
+        family=m.family,
+        aliases=m.aliases,
+        providers=[m.provider],
+        capabilities=[CAPABILITIES[c] for c in m.capabilities],
+        context_window=m.context_window,
+        max_output_tokens=m.max_output_tokens,
+        pricing=types_pb2.Pricing(),
+    )
