@@ -44,7 +44,7 @@ test-python: $(STAMP)
 
 test-node: $(STAMP)
 	cd clients/node && npm ci --no-audit --no-fund --loglevel=error && \
-	  OMNIRELAY_BIN=$(CURDIR)/$(VENV)/bin/omnirelay npm test
+	  RELAY_SERVER_BIN=$(CURDIR)/$(VENV)/bin/omnirelay npm test
 
 lint: $(STAMP) ## ruff (lint and format check) and mypy strict
 	$(VENV)/bin/ruff check .

@@ -134,6 +134,7 @@ class _ChoiceState:
         "logprob_rng",
         "logprobs",
         "rng",
+        "on_limit",
         "step_tokens",
         "stop",
         "text",
@@ -141,8 +142,12 @@ class _ChoiceState:
         "tool",
     )
 
-    def __init__(self, index: int, seed: int, limit: int, stop: tuple[str, ...], want_logprobs: bool) -> None:
+    def __init__(
+        self, index: int, seed: int, limit: int, natural: bool, stop: tuple[str, ...], want_logprobs: bool
+    ) -> None:
         self.index = index
+        # Without max_tokens the default length is the answer's natural end, not a cut.
+        self.on_limit = FinishReason.STOP if natural else FinishReason.LENGTH
         self.rng = random.Random(seed)
         self.logprob_rng = random.Random(seed ^ 0x5EED) if want_logprobs else None
         self.logprobs: list[TokenLogprob] = []
@@ -162,7 +167,7 @@ class _ChoiceState:
             return self._tool_step()
         self.step_tokens = 0
         if self.tokens >= self.limit:
-            self.done, self.finish = True, FinishReason.LENGTH
+            self.done, self.finish = True, self.on_limit
             return self._flush(len(self.text))
         token = _TOKENS[self.rng.randrange(len(_TOKENS))]
         self.text += token
@@ -173,7 +178,7 @@ class _ChoiceState:
         if self.stop:
             return self._check_stop()
         if self.tokens >= self.limit:
-            self.done, self.finish = True, FinishReason.LENGTH
+            self.done, self.finish = True, self.on_limit
         return self._flush(len(self.text))
 
     def _check_stop(self) -> list[StreamChunk]:
@@ -187,7 +192,7 @@ class _ChoiceState:
             self.done, self.finish = True, FinishReason.STOP
             return self._flush(cut)
         if self.tokens >= self.limit:
-            self.done, self.finish = True, FinishReason.LENGTH
+            self.done, self.finish = True, self.on_limit
             return self._flush(len(self.text))
         # Hold back a tail that could still become a stop sequence, so a stream never shows it.
         held = max((k for s in self.stop for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
@@ -234,7 +239,10 @@ def _plan(call: ProviderCall, default_tokens: int) -> list[_ChoiceState]:
     choices = []
     for index in range(sampling.n or 1):
         digest = hashlib.blake2b(f"{key}\x1f{index}".encode(), digest_size=8).digest()
-        state = _ChoiceState(index, int.from_bytes(digest), limit, sampling.stop, bool(sampling.logprobs))
+        natural = sampling.max_tokens is None
+        state = _ChoiceState(
+            index, int.from_bytes(digest), limit, natural, sampling.stop, bool(sampling.logprobs)
+        )
         state.tool = _forced_tool_call(call, state)
         choices.append(state)
     return choices

@@ -1,0 +1,73 @@
+"""Shared fixtures: real servers on port 0 and real grpc.aio channels to them."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from grpc import aio
+
+from omnirelay.app import App, build_app
+from omnirelay.config import LocalProviderSettings, Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV_BIN = ROOT / ".venv" / "bin"
+
+
+def with_local(settings: Settings, **changes: float | int) -> Settings:
+    """Settings whose local provider has the given latency knobs."""
+    local = settings.providers["local"]
+    assert isinstance(local, LocalProviderSettings)
+    providers = {**settings.providers, "local": dataclasses.replace(local, **changes)}  # type: ignore[arg-type]
+    return dataclasses.replace(settings, providers=providers)
+
+
+def with_server(settings: Settings, **changes: float) -> Settings:
+    return dataclasses.replace(settings, server=dataclasses.replace(settings.server, **changes))  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see only the settings they set: no OMNIRELAY_* leaking in from the shell."""
+    for key in list(os.environ):
+        if key.startswith("OMNIRELAY_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return load_settings("development")
+
+
+StartServer = Callable[[Settings], Awaitable[tuple[App, aio.Channel]]]
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[StartServer]:
+    """Start an in-process server on 127.0.0.1:0 with the given settings; returns it and a channel."""
+    started: list[tuple[App, aio.Channel]] = []
+
+    async def start(s: Settings) -> tuple[App, aio.Channel]:
+        app = build_app(s, host="127.0.0.1", port=0)
+        await app.start()
+        channel = aio.insecure_channel(app.address)
+        started.append((app, channel))
+        return app, channel
+
+    yield start
+    for app, channel in started:
+        await channel.close()
+        await app.shutdown(grace=0)
+
+
+@pytest.fixture
+async def server(start_server: StartServer, settings: Settings) -> tuple[App, aio.Channel]:
+    return await start_server(settings)
+
+
+@pytest.fixture
+async def channel(server: tuple[App, aio.Channel]) -> aio.Channel:
+    return server[1]
