@@ -55,3 +55,23 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
             detail.Unpack(info)
             return info
     raise AssertionError("no ErrorInfo detail")
+
+
+async def drain(call: Any, into: list[object] | None = None) -> None:
+    """Read a server stream to its end (with read(), which mixes with earlier reads)."""
+    while (event := await call.read()) is not grpc.aio.EOF:
+        if into is not None:
+            into.append(event)
+
+
+async def event_kinds(call: Any) -> list[str]:
+    """The oneof names of a stream's remaining events."""
+    events: list[object] = []
+    await drain(call, events)
+    return [str(e.WhichOneof("event")) for e in events if isinstance(e, stream_pb2.StreamCompleteResponse)]
+
+
+async def first_kind(call: Any) -> str | None:
+    event = await call.read()
+    assert isinstance(event, stream_pb2.StreamCompleteResponse)
+    return event.WhichOneof("event")

@@ -12,8 +12,18 @@ import logging
 from dataclasses import dataclass, field
 
 from grpc import aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
+from omnirelay.config.schema import Settings
+from omnirelay.gateway import Gateway
+from omnirelay.interceptors.edge import EdgeInterceptor, InFlight
+from omnirelay.providers.registry import ProviderRegistry
+from omnirelay.routing.catalog import ModelCatalog
+from omnirelay.services.completion import CompletionService
+from omnirelay.services.health import HealthService
+from omnirelay.services.pending import BenchmarkService, UsageService
+from omnirelay.services.stream import StreamCompletionService
 from omnirelay_client.v1 import (
     benchmark_pb2,
     benchmark_pb2_grpc,
@@ -24,15 +34,6 @@ from omnirelay_client.v1 import (
     usage_pb2,
     usage_pb2_grpc,
 )
-
-from omnirelay.config.schema import Settings
-from omnirelay.gateway import Gateway
-from omnirelay.interceptors.edge import EdgeInterceptor
-from omnirelay.providers.registry import ProviderRegistry
-from omnirelay.routing.catalog import ModelCatalog
-from omnirelay.services.completion import CompletionService
-from omnirelay.services.pending import BenchmarkService, UsageService
-from omnirelay.services.stream import StreamCompletionService
 
 log = logging.getLogger("omnirelay.app")
 
@@ -51,9 +52,10 @@ class App:
 
     settings: Settings
     server: aio.Server
-    health: health.aio.HealthServicer
+    health: HealthService
     gateway: Gateway
     providers: ProviderRegistry
+    in_flight: InFlight
     host: str
     port: int
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
@@ -79,8 +81,10 @@ class App:
         log.info("health NOT_SERVING; draining for %.1fs", server_settings.shutdown_drain_seconds)
         if server_settings.shutdown_drain_seconds > 0:
             await asyncio.sleep(server_settings.shutdown_drain_seconds)
-        log.info("refusing new calls; in-flight calls have %.1fs to finish", grace)
-        await self.server.stop(grace)
+        log.info("refusing new calls; %d in-flight calls have %.1fs to finish", self.in_flight.count, grace)
+        stopping = asyncio.ensure_future(self.server.stop(grace))
+        self.health.close_watches()
+        await stopping
         log.info("stopped")
 
 
@@ -91,8 +95,9 @@ def build_app(settings: Settings, *, host: str | None = None, port: int | None =
     catalog = ModelCatalog(settings.models, settings.presets, providers.names(), settings.default_model)
     gateway = Gateway(catalog, providers)
 
+    edge = EdgeInterceptor()
     server = aio.server(
-        interceptors=[EdgeInterceptor()],
+        interceptors=[edge],
         options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ("grpc.max_send_message_length", s.max_send_message_bytes),
@@ -109,7 +114,7 @@ def build_app(settings: Settings, *, host: str | None = None, port: int | None =
     stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(StreamCompletionService(gateway), server)
     benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(BenchmarkService(), server)
     usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(), server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if s.reflection:
         reflection.enable_server_reflection((*SERVICE_NAMES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
@@ -117,4 +122,4 @@ def build_app(settings: Settings, *, host: str | None = None, port: int | None =
     bind_host = host if host is not None else s.host
     bind_port = port if port is not None else s.port
     bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
-    return App(settings, server, health_servicer, gateway, providers, bind_host, bound)
+    return App(settings, server, health_servicer, gateway, providers, edge.in_flight, bind_host, bound)

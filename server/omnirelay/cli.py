@@ -141,9 +141,8 @@ def _chat(args: argparse.Namespace) -> int:
 def _models(args: argparse.Namespace) -> int:
     rows: list[tuple[str, str, str, str, str]] = []
     if args.target:
-        from omnirelay_client import Client, OmniRelayError
-
         from omnirelay.services.render import CAPABILITIES
+        from omnirelay_client import Client, OmniRelayError
 
         names = {v: k for k, v in CAPABILITIES.items()}
         try:

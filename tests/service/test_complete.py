@@ -26,7 +26,11 @@ async def test_complete_returns_choice_usage_and_route(channel: aio.Channel) -> 
     assert response.usage.output_tokens == 6
     assert response.usage.input_tokens == 3 + 2  # role overhead + "hello gateway"
     route = response.route
-    assert (route.requested_model, route.resolved_model, route.provider) == ("local-small", "local-small", "local")
+    assert (route.requested_model, route.resolved_model, route.provider) == (
+        "local-small",
+        "local-small",
+        "local",
+    )
     assert route.deployment == "local/small"
     assert route.request_id == "req-123"
     assert route.attempts[0].outcome == types_pb2.ATTEMPT_OUTCOME_SUCCESS
@@ -89,17 +93,25 @@ async def test_preset_fills_unset_parameters_and_request_values_win(
     presets = {**settings.presets, "short": Sampling(max_tokens=3, temperature=0.4)}
     _, channel = await start_server(dataclasses.replace(settings, presets=presets))
     stub = completion_pb2_grpc.CompletionServiceStub(channel)
-    preset_only = await stub.Complete(completion_pb2.CompleteRequest(model="local-small", messages=[user("x")], preset="short"))
+    preset_only = await stub.Complete(
+        completion_pb2.CompleteRequest(model="local-small", messages=[user("x")], preset="short")
+    )
     assert preset_only.usage.output_tokens == 3
     explicit = await stub.Complete(
         completion_pb2.CompleteRequest(
-            model="local-small", messages=[user("x")], preset="short", sampling=types_pb2.SamplingParams(temperature=0.4)
+            model="local-small",
+            messages=[user("x")],
+            preset="short",
+            sampling=types_pb2.SamplingParams(temperature=0.4),
         )
     )
     assert text(explicit) == text(preset_only)
     overridden = await stub.Complete(
         completion_pb2.CompleteRequest(
-            model="local-small", messages=[user("x")], preset="short", sampling=types_pb2.SamplingParams(max_tokens=5)
+            model="local-small",
+            messages=[user("x")],
+            preset="short",
+            sampling=types_pb2.SamplingParams(max_tokens=5),
         )
     )
     assert overridden.usage.output_tokens == 5
@@ -112,11 +124,18 @@ async def test_model_preset_wins_over_global_preset_of_the_same_name(channel: ai
     # local-large has its own "creative" (temperature 1.0); the global one is 1.2.
     with_preset = await stub.Complete(
         completion_pb2.CompleteRequest(
-            model="local-large", messages=[user("x")], preset="creative", sampling=types_pb2.SamplingParams(max_tokens=6)
+            model="local-large",
+            messages=[user("x")],
+            preset="creative",
+            sampling=types_pb2.SamplingParams(max_tokens=6),
         )
     )
-    model_temp = await stub.Complete(request("x", model="local-large", max_tokens=6, temperature=1.0, top_p=0.9))
-    global_temp = await stub.Complete(request("x", model="local-large", max_tokens=6, temperature=1.2, top_p=0.98))
+    model_temp = await stub.Complete(
+        request("x", model="local-large", max_tokens=6, temperature=1.0, top_p=0.9)
+    )
+    global_temp = await stub.Complete(
+        request("x", model="local-large", max_tokens=6, temperature=1.2, top_p=0.98)
+    )
     assert text(with_preset) == text(model_temp)
     assert text(with_preset) != text(global_temp)
 
@@ -136,13 +155,17 @@ async def test_embed_count_tokens_and_list_models(server: tuple[App, aio.Channel
     assert [len(e.values) for e in embedded.embeddings] == [8, 8]
     assert embedded.usage.input_tokens == 3
     assert embedded.route.resolved_model == "local-small"
-    counted = await stub.CountTokens(completion_pb2.CountTokensRequest(model="fast", messages=[user("one two three")]))
+    counted = await stub.CountTokens(
+        completion_pb2.CountTokensRequest(model="fast", messages=[user("one two three")])
+    )
     assert counted.input_tokens == 6
     assert counted.resolved_model == "local-small"
     assert not counted.estimated
     models = await stub.ListModels(completion_pb2.ListModelsRequest())
     assert [m.name for m in models.models] == ["local-large", "local-small"]
-    reasoning = await stub.ListModels(completion_pb2.ListModelsRequest(capabilities=[types_pb2.CAPABILITY_REASONING]))
+    reasoning = await stub.ListModels(
+        completion_pb2.ListModelsRequest(capabilities=[types_pb2.CAPABILITY_REASONING])
+    )
     assert [m.name for m in reasoning.models] == ["local-large"]
     nobody = await stub.ListModels(completion_pb2.ListModelsRequest(provider="openai"))
     assert list(nobody.models) == []

@@ -12,7 +12,7 @@ from omnirelay.config import Settings
 from omnirelay.providers.local import LocalProvider
 from omnirelay_client.v1 import completion_pb2_grpc, stream_pb2_grpc, types_pb2
 from tests.conftest import StartServer, with_local
-from tests.helpers import request, stream_request, text
+from tests.helpers import drain, request, stream_request, text
 
 
 async def test_stream_events_in_order_and_text_matches_unary(channel: aio.Channel) -> None:
@@ -44,7 +44,9 @@ async def test_stream_n_choices_and_stop(channel: aio.Channel) -> None:
     finishes = [e.finish for e in events if e.HasField("finish")]
     assert sorted(f.choice_index for f in finishes) == [0, 1]
     per_choice = [
-        "".join(e.text_delta.text for e in events if e.HasField("text_delta") and e.text_delta.choice_index == i)
+        "".join(
+            e.text_delta.text for e in events if e.HasField("text_delta") and e.text_delta.choice_index == i
+        )
         for i in (0, 1)
     ]
     unary = await completion_pb2_grpc.CompletionServiceStub(channel).Complete(request(n=2, max_tokens=5))
@@ -57,11 +59,15 @@ async def test_stream_n_choices_and_stop(channel: aio.Channel) -> None:
     assert [e.finish.finish_reason for e in stopped if e.HasField("finish")] == [types_pb2.FINISH_REASON_STOP]
 
 
-async def test_client_cancel_mid_stream_stops_generation(start_server: StartServer, settings: Settings) -> None:
+async def test_client_cancel_mid_stream_stops_generation(
+    start_server: StartServer, settings: Settings
+) -> None:
     app, channel = await start_server(with_local(settings, tokens_per_second=100.0))
     local = app.providers.get("local")
     assert isinstance(local, LocalProvider)
-    call = stream_pb2_grpc.StreamCompletionServiceStub(channel).StreamComplete(stream_request(max_tokens=10_000))
+    call = stream_pb2_grpc.StreamCompletionServiceStub(channel).StreamComplete(
+        stream_request(max_tokens=10_000)
+    )
     deltas = 0
     async for event in call:
         if event.HasField("text_delta"):
@@ -86,12 +92,11 @@ async def test_deadline_exceeded_mid_stream(start_server: StartServer, settings:
     call = stream_pb2_grpc.StreamCompletionServiceStub(channel).StreamComplete(
         stream_request(max_tokens=1000), timeout=0.3
     )
-    received = 0
+    received: list[object] = []
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        async for _ in call:
-            received += 1
+        await drain(call, received)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 3 < received < 100
+    assert 3 < len(received) < 100
     local = app.providers.get("local")
     assert isinstance(local, LocalProvider)
     await asyncio.sleep(0.05)

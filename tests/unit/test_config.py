@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -125,5 +126,5 @@ def test_secrets_file_is_loaded_and_masked_when_shown(
 
 def test_missing_secrets_file_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNIRELAY_SECRETS", "/nonexistent/secrets.toml")
-    with pytest.raises(ConfigError, match="OMNIRELAY_SECRETS = '/nonexistent/secrets.toml'"):
+    with pytest.raises(ConfigError, match=re.escape("OMNIRELAY_SECRETS = '/nonexistent/secrets.toml'")):
         load_settings()

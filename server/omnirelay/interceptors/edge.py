@@ -63,24 +63,43 @@ async def _abort(context: aio.ServicerContext[Any, Any], exc: BaseException, rid
 Behavior = Callable[..., Any]
 
 
-def _wrap_unary(behavior: Behavior) -> Behavior:
+class InFlight:
+    """Counts omnirelay calls being served, so shutdown can say what it is waiting for."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def enter(self) -> None:
+        self.count += 1
+
+    def leave(self) -> None:
+        self.count -= 1
+
+
+def _wrap_unary(behavior: Behavior, in_flight: InFlight) -> Behavior:
     async def unary(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
         rid = _bind(context)
+        in_flight.enter()
         try:
             return await behavior(request, context)
         except (aio.AbortError, grpc.RpcError):
             raise
         except Exception as exc:
             await _abort(context, exc, rid)
+        finally:
+            in_flight.leave()
 
     return unary
 
 
-def _wrap_stream(behavior: Behavior) -> Behavior:
+def _wrap_stream(behavior: Behavior, in_flight: InFlight) -> Behavior:
     if inspect.isasyncgenfunction(behavior):
 
         async def stream_gen(request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
             rid = _bind(context)
+            in_flight.enter()
             try:
                 async for item in behavior(request, context):
                     yield item
@@ -88,15 +107,18 @@ def _wrap_stream(behavior: Behavior) -> Behavior:
                 raise
             except Exception as exc:
                 await _abort(context, exc, rid)
+            finally:
+                in_flight.leave()
 
         return stream_gen
     # Handlers that write with context.write: one await, no per-message wrapper cost.
-    return _wrap_unary(behavior)
+    return _wrap_unary(behavior, in_flight)
 
 
 class EdgeInterceptor(aio.ServerInterceptor):
     def __init__(self, prefix: str = "/omnirelay.") -> None:
         self._prefix = prefix
+        self.in_flight = InFlight()
         self._handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
@@ -115,15 +137,16 @@ class EdgeInterceptor(aio.ServerInterceptor):
         self._handlers[method] = wrapped
         return wrapped
 
-    @staticmethod
-    def _wrap(h: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    def _wrap(self, h: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         des, ser = h.request_deserializer, h.response_serializer
         if h.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(h.unary_unary), request_deserializer=des, response_serializer=ser
+                _wrap_unary(h.unary_unary, self.in_flight), request_deserializer=des, response_serializer=ser
             )
         if h.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(h.unary_stream), request_deserializer=des, response_serializer=ser
+                _wrap_stream(h.unary_stream, self.in_flight),
+                request_deserializer=des,
+                response_serializer=ser,
             )
         return h

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from grpc import aio
-from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, types_pb2
 
 from omnirelay.errors import FieldViolation, InvalidArgumentError
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import current_request_id
 from omnirelay.services import convert, render
 from omnirelay.services.context import deadline, route_metadata
+from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, types_pb2
 
 Context = aio.ServicerContext[Any, Any]
 MAX_EMBED_INPUTS = 2048

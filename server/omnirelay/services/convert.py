@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import json_format
-from omnirelay_client.v1 import completion_pb2, types_pb2
 
 from omnirelay import domain as d
 from omnirelay.errors import FieldViolation, InvalidArgumentError
+from omnirelay_client.v1 import completion_pb2, types_pb2
 
 _ROLES = {
     types_pb2.ROLE_SYSTEM: d.Role.SYSTEM,

@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any, NoReturn
 
 from grpc import aio
-from omnirelay_client.v1 import benchmark_pb2_grpc, usage_pb2_grpc
 
 from omnirelay.errors import UnimplementedError
+from omnirelay_client.v1 import benchmark_pb2_grpc, usage_pb2_grpc
 
 Context = aio.ServicerContext[Any, Any]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from google.protobuf import duration_pb2
-from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
 from omnirelay import domain as d
 from omnirelay.config.schema import ModelSettings
+from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
 _FINISH = {
     d.FinishReason.UNKNOWN: types_pb2.FINISH_REASON_UNSPECIFIED,

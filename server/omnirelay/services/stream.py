@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from grpc import aio
-from omnirelay_client.v1 import stream_pb2, stream_pb2_grpc
 
 from omnirelay.domain import RouteStart
 from omnirelay.errors import FieldViolation, InvalidArgumentError
@@ -13,6 +12,7 @@ from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import current_request_id
 from omnirelay.services import convert, render
 from omnirelay.services.context import deadline, route_metadata
+from omnirelay_client.v1 import stream_pb2, stream_pb2_grpc
 
 
 class StreamCompletionService(stream_pb2_grpc.StreamCompletionServiceServicer):

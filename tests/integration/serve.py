@@ -1,0 +1,75 @@
+"""Run the real ``omnirelay`` command in a child process."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+_SERVING = re.compile(r"omnirelay serving on (\S+):(\d+) profile=(\w+)")
+
+
+def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNIRELAY_")}
+    return {**clean, **(extra or {})}
+
+
+def run_cli(
+    *args: str, extra_env: Mapping[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "omnirelay", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(extra_env),
+        check=False,
+    )
+
+
+@dataclass
+class Served:
+    process: subprocess.Popen[str]
+    address: str
+    profile: str
+    stderr: str = ""
+
+    def stop(self, timeout: float = 20, sig: signal.Signals | None = signal.SIGTERM) -> int:
+        """Send ``sig`` (None: just wait), collect its output, return the exit code."""
+        if sig is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            _, self.stderr = self.process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+            raise
+        return self.process.returncode
+
+
+def start(*args: str, extra_env: Mapping[str, str] | None = None, timeout: float = 20) -> Served:
+    """``omnirelay serve --port 0`` and wait for its serving line."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "omnirelay", "serve", "--host", "127.0.0.1", "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(extra_env),
+    )
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        match = _SERVING.search(line)
+        if match:
+            return Served(process, f"{match.group(1)}:{match.group(2)}", match.group(3))
+    process.kill()
+    _, err = process.communicate()
+    raise AssertionError(f"omnirelay serve did not start: {err}")
