@@ -17,6 +17,8 @@ from grpc import aio
 from omnirelay.app import App
 
 pytestmark = pytest.mark.subprocess
+COMPLETE = "omnirelay.v1.CompletionService/Complete"
+STREAM = "omnirelay.v1.StreamCompletionService/StreamComplete"
 
 
 def _grpcurl() -> str:
