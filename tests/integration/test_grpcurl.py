@@ -68,9 +68,7 @@ async def test_grpcurl_complete_and_stream(server: tuple[App, aio.Channel]) -> N
         "messages": [{"role": "ROLE_USER", "content": [{"text": "hello from grpcurl"}]}],
         "sampling": {"maxTokens": 4},
     }
-    code, out, err = await grpcurl(
-        "-d", json.dumps(body), app.address, "omnirelay.v1.CompletionService/Complete"
-    )
+    code, out, err = await grpcurl("-d", json.dumps(body), app.address, COMPLETE)
     assert code == 0, err
     response = json.loads(out)
     assert response["choices"][0]["finish_reason"] == "FINISH_REASON_LENGTH"
@@ -94,9 +92,7 @@ async def test_grpcurl_complete_and_stream(server: tuple[App, aio.Channel]) -> N
 async def test_grpcurl_shows_invalid_argument(server: tuple[App, aio.Channel]) -> None:
     app, _ = server
     body = {"messages": [{"role": "ROLE_USER", "content": [{"text": "x"}]}], "sampling": {"temperature": 4}}
-    code, out, err = await grpcurl(
-        "-d", json.dumps(body), app.address, "omnirelay.v1.CompletionService/Complete"
-    )
+    code, _, err = await grpcurl("-d", json.dumps(body), app.address, COMPLETE)
     assert code != 0
     assert "InvalidArgument" in err
     assert "sampling.temperature" in err
