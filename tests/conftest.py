@@ -25,7 +25,7 @@ def with_local(settings: Settings, **changes: float | int) -> Settings:
     return dataclasses.replace(settings, providers=providers)
 
 
-def with_server(settings: Settings, **changes: float) -> Settings:
+def with_server(settings: Settings, **changes: float | int) -> Settings:
     return dataclasses.replace(settings, server=dataclasses.replace(settings.server, **changes))  # type: ignore[arg-type]
 
 

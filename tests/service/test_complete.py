@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 
+import grpc
+import pytest
 from grpc import aio
 
 from omnirelay.app import App
 from omnirelay.config import Settings
 from omnirelay.domain import Sampling
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, types_pb2
-from tests.conftest import StartServer
+from tests.conftest import StartServer, with_server
 from tests.helpers import request, text, user
 
 
@@ -169,3 +171,15 @@ async def test_embed_count_tokens_and_list_models(server: tuple[App, aio.Channel
     assert [m.name for m in reasoning.models] == ["local-large"]
     nobody = await stub.ListModels(completion_pb2.ListModelsRequest(provider="openai"))
     assert list(nobody.models) == []
+
+
+async def test_message_size_limit_comes_from_settings(start_server: StartServer, settings: Settings) -> None:
+    small = dataclasses.replace(
+        settings, server=dataclasses.replace(settings.server, max_receive_message_bytes=2048)
+    )
+    _, channel = await start_server(small)
+    stub = completion_pb2_grpc.CompletionServiceStub(channel)
+    assert (await stub.Complete(request("short", max_tokens=1))).usage.output_tokens == 1
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.Complete(request("word " * 1000, max_tokens=1))
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
