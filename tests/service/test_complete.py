@@ -174,10 +174,7 @@ async def test_embed_count_tokens_and_list_models(server: tuple[App, aio.Channel
 
 
 async def test_message_size_limit_comes_from_settings(start_server: StartServer, settings: Settings) -> None:
-    small = dataclasses.replace(
-        settings, server=dataclasses.replace(settings.server, max_receive_message_bytes=2048)
-    )
-    _, channel = await start_server(small)
+    _, channel = await start_server(with_server(settings, max_receive_message_bytes=2048))
     stub = completion_pb2_grpc.CompletionServiceStub(channel)
     assert (await stub.Complete(request("short", max_tokens=1))).usage.output_tokens == 1
     with pytest.raises(grpc.aio.AioRpcError) as caught:
