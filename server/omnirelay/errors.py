@@ -23,7 +23,6 @@ never contain secrets: adapters pass only what the caller may see.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -31,27 +30,15 @@ from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+# The same violation types the client exposes: one definition of what goes on the wire.
+from omnirelay_client.errors import FieldViolation as FieldViolation
+from omnirelay_client.errors import QuotaViolation as QuotaViolation
+
 ERROR_DOMAIN = "omnirelay.dev"
 
 
 # A google.rpc detail message (ErrorInfo, BadRequest, RetryInfo, QuotaFailure, DebugInfo).
 Detail = Message
-
-
-@dataclass(frozen=True, slots=True)
-class FieldViolation:
-    """One bad field of a request: its path (``sampling.temperature``) and what is wrong."""
-
-    field: str
-    description: str
-
-
-@dataclass(frozen=True, slots=True)
-class QuotaViolation:
-    """One exhausted quota: what it applies to and how."""
-
-    subject: str
-    description: str
 
 
 class OmniRelayError(Exception):
@@ -164,8 +151,7 @@ class ResourceExhaustedError(OmniRelayError):
             self.reason = reason
 
     def _details(self) -> Iterable[Detail]:
-        if self.retry_after_seconds is not None:
-            yield _retry_info(self.retry_after_seconds)
+        yield from _retry_info(self.retry_after_seconds)
         if self.violations:
             yield error_details_pb2.QuotaFailure(
                 violations=[
@@ -189,8 +175,7 @@ class UnavailableError(OmniRelayError):
         self.retry_after_seconds = retry_after_seconds
 
     def _details(self) -> Iterable[Detail]:
-        if self.retry_after_seconds is not None:
-            yield _retry_info(self.retry_after_seconds)
+        yield from _retry_info(self.retry_after_seconds)
         if self.attempts:
             yield error_details_pb2.DebugInfo(stack_entries=list(self.attempts), detail="attempts")
 
@@ -209,10 +194,11 @@ class ShuttingDownError(OmniRelayError):
     reason = "SHUTTING_DOWN"
 
 
-def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
-    whole = int(seconds)
-    delay = duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-    return error_details_pb2.RetryInfo(retry_delay=delay)
+def _retry_info(seconds: float | None) -> Iterable[Detail]:
+    if seconds is not None:
+        whole = int(seconds)
+        delay = duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+        yield error_details_pb2.RetryInfo(retry_delay=delay)
 
 
 _CODES: dict[grpc.StatusCode, int] = {

@@ -8,6 +8,7 @@ rich status details.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -90,6 +91,15 @@ def text_of(response: completion_pb2.CompleteResponse, choice: int = 0) -> str:
     return "".join(p.text for p in response.choices[choice].message.content)
 
 
+@contextlib.contextmanager
+def _typed_errors() -> Iterator[None]:
+    """Turn a failed call (sync or asyncio) into the typed exception for its status."""
+    try:
+        yield
+    except grpc.RpcError as exc:
+        raise from_rpc_error(exc) from None
+
+
 class _Base:
     def __init__(self, api_key: str | None, timeout: float | None) -> None:
         self._api_key = api_key
@@ -146,12 +156,10 @@ class AsyncClient(_Base):
         options: CallOptions | None = None,
     ) -> completion_pb2.CompleteResponse:
         timeout, metadata = self._call_args(options)
-        try:
+        with _typed_errors():
             return await self._completion.Complete(
                 build_request(prompt, model, sampling, preset), timeout=timeout, metadata=metadata
             )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
 
     async def stream(
         self,
@@ -167,10 +175,9 @@ class AsyncClient(_Base):
         request = stream_pb2.StreamCompleteRequest(request=build_request(prompt, model, sampling, preset))
         call = self._stream.StreamComplete(request, timeout=timeout, metadata=metadata)
         try:
-            async for event in call:
-                yield event
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            with _typed_errors():
+                async for event in call:
+                    yield event
         finally:
             call.cancel()
 
@@ -184,30 +191,24 @@ class AsyncClient(_Base):
     ) -> completion_pb2.EmbedResponse:
         timeout, metadata = self._call_args(options)
         request = completion_pb2.EmbedRequest(model=model, inputs=list(inputs), dimensions=dimensions)
-        try:
+        with _typed_errors():
             return await self._completion.Embed(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
 
     async def count_tokens(
         self, prompt: Prompt, *, model: str = "", options: CallOptions | None = None
     ) -> completion_pb2.CountTokensResponse:
         timeout, metadata = self._call_args(options)
         request = completion_pb2.CountTokensRequest(model=model, messages=build_request(prompt).messages)
-        try:
+        with _typed_errors():
             return await self._completion.CountTokens(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
 
     async def list_models(
         self, *, provider: str = "", options: CallOptions | None = None
     ) -> list[types_pb2.ModelInfo]:
         timeout, metadata = self._call_args(options)
         request = completion_pb2.ListModelsRequest(provider=provider)
-        try:
+        with _typed_errors():
             response = await self._completion.ListModels(request, timeout=timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
         return list(response.models)
 
 
@@ -250,12 +251,10 @@ class Client(_Base):
         options: CallOptions | None = None,
     ) -> completion_pb2.CompleteResponse:
         timeout, metadata = self._call_args(options)
-        try:
+        with _typed_errors():
             return self._completion.Complete(
                 build_request(prompt, model, sampling, preset), timeout=timeout, metadata=metadata
             )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
 
     def stream(
         self,
@@ -270,9 +269,8 @@ class Client(_Base):
         request = stream_pb2.StreamCompleteRequest(request=build_request(prompt, model, sampling, preset))
         call = self._stream.StreamComplete(request, timeout=timeout, metadata=metadata)
         try:
-            yield from call
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
+            with _typed_errors():
+                yield from call
         finally:
             call.cancel()
 
@@ -280,10 +278,8 @@ class Client(_Base):
         self, *, provider: str = "", options: CallOptions | None = None
     ) -> list[types_pb2.ModelInfo]:
         timeout, metadata = self._call_args(options)
-        try:
+        with _typed_errors():
             response = self._completion.ListModels(
                 completion_pb2.ListModelsRequest(provider=provider), timeout=timeout, metadata=metadata
             )
-        except grpc.RpcError as exc:
-            raise from_rpc_error(exc) from None
         return list(response.models)

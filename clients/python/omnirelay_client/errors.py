@@ -114,31 +114,46 @@ def from_rpc_error(error: grpc.RpcError) -> OmniRelayError:
     return result
 
 
+def _error_info(result: OmniRelayError, info: error_details_pb2.ErrorInfo) -> None:
+    result.reason = info.reason
+    result.metadata = dict(info.metadata)
+    result.request_id = result.request_id or info.metadata.get("request_id", "")
+
+
+def _bad_request(result: OmniRelayError, bad: error_details_pb2.BadRequest) -> None:
+    result.field_violations = tuple(FieldViolation(v.field, v.description) for v in bad.field_violations)
+
+
+def _retry_info(result: OmniRelayError, retry: error_details_pb2.RetryInfo) -> None:
+    result.retry_delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
+
+
+def _quota_failure(result: OmniRelayError, quota: error_details_pb2.QuotaFailure) -> None:
+    result.quota_violations = tuple(QuotaViolation(v.subject, v.description) for v in quota.violations)
+
+
+def _debug_info(result: OmniRelayError, debug: error_details_pb2.DebugInfo) -> None:
+    result.attempts = tuple(debug.stack_entries)
+
+
+# Each google.rpc detail type the server sends, and where it lands on the exception.
+_DETAILS: dict[str, tuple[Any, Any]] = {
+    cls.DESCRIPTOR.full_name: (cls, apply)
+    for cls, apply in (
+        (error_details_pb2.ErrorInfo, _error_info),
+        (error_details_pb2.BadRequest, _bad_request),
+        (error_details_pb2.RetryInfo, _retry_info),
+        (error_details_pb2.QuotaFailure, _quota_failure),
+        (error_details_pb2.DebugInfo, _debug_info),
+    )
+}
+
+
 def _apply_details(result: OmniRelayError, status: status_pb2.Status) -> None:
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            result.reason = info.reason
-            result.metadata = dict(info.metadata)
-            result.request_id = result.request_id or info.metadata.get("request_id", "")
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            result.field_violations = tuple(
-                FieldViolation(v.field, v.description) for v in bad.field_violations
-            )
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            result.retry_delay = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
-        elif detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            quota = error_details_pb2.QuotaFailure()
-            detail.Unpack(quota)
-            result.quota_violations = tuple(
-                QuotaViolation(v.subject, v.description) for v in quota.violations
-            )
-        elif detail.Is(error_details_pb2.DebugInfo.DESCRIPTOR):
-            debug = error_details_pb2.DebugInfo()
-            detail.Unpack(debug)
-            result.attempts = tuple(debug.stack_entries)
+        known = _DETAILS.get(detail.TypeName())
+        if known is not None:
+            cls, apply = known
+            message = cls()
+            detail.Unpack(message)
+            apply(result, message)

@@ -1,0 +1,113 @@
+"""Every branch of the error tree crosses the wire with its code and details, and the client reads them."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from grpc import aio
+
+from omnirelay.errors import (
+    DeadlineExceededError,
+    FailedPreconditionError,
+    OmniRelayError,
+    QuotaViolation,
+    ResourceExhaustedError,
+    ShuttingDownError,
+    UnavailableError,
+)
+from omnirelay.interceptors.edge import EdgeInterceptor
+from omnirelay_client import AsyncClient
+from omnirelay_client import errors as client_errors
+from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
+
+
+class _Failing(completion_pb2_grpc.CompletionServiceServicer):
+    """Raises whatever the test puts in ``error`` (the real interceptor maps it)."""
+
+    error: BaseException = RuntimeError()
+
+    async def Complete(self, request: Any, context: Any) -> completion_pb2.CompleteResponse:  # noqa: N802
+        raise self.error
+
+
+@pytest.fixture
+async def failing() -> AsyncIterator[tuple[_Failing, AsyncClient]]:
+    servicer = _Failing()  # type: ignore[abstract]  # only Complete is called
+    server = aio.server(interceptors=[EdgeInterceptor()])
+    completion_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    client = AsyncClient(f"127.0.0.1:{port}")
+    yield servicer, client
+    await client.close()
+    await server.stop(0)
+
+
+async def test_resource_exhausted_carries_retry_info_and_quota_failure(
+    failing: tuple[_Failing, AsyncClient],
+) -> None:
+    servicer, client = failing
+    servicer.error = ResourceExhaustedError(
+        "project acme spent its daily budget",
+        retry_after_seconds=1.5,
+        violations=[QuotaViolation("project:acme", "daily budget of $10.00 reached")],
+        reason="BUDGET_EXHAUSTED",
+    )
+    with pytest.raises(client_errors.ResourceExhaustedError) as caught:
+        await client.complete("hi")
+    assert caught.value.retry_delay == 1.5
+    assert caught.value.quota_violations == (
+        client_errors.QuotaViolation("project:acme", "daily budget of $10.00 reached"),
+    )
+    assert caught.value.reason == "BUDGET_EXHAUSTED"
+    assert caught.value.message == "project acme spent its daily budget"
+
+
+async def test_unavailable_lists_every_attempt(failing: tuple[_Failing, AsyncClient]) -> None:
+    servicer, client = failing
+    servicer.error = UnavailableError(
+        "no upstream answered",
+        attempts=["openai/gpt-4o: 503", "anthropic/claude: timeout"],
+        retry_after_seconds=2,
+    )
+    with pytest.raises(client_errors.UnavailableError) as caught:
+        await client.complete("hi")
+    assert caught.value.attempts == ("openai/gpt-4o: 503", "anthropic/claude: timeout")
+    assert caught.value.retry_delay == 2.0
+    assert caught.value.reason == "UPSTREAM_UNAVAILABLE"
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "reason"),
+    [
+        (
+            FailedPreconditionError("provider down for maintenance"),
+            client_errors.FailedPreconditionError,
+            "FAILED_PRECONDITION",
+        ),
+        (DeadlineExceededError("too slow"), client_errors.DeadlineExceededError, "DEADLINE_EXCEEDED"),
+        (ShuttingDownError("draining"), client_errors.UnavailableError, "SHUTTING_DOWN"),
+    ],
+)
+async def test_codes_and_reasons(
+    failing: tuple[_Failing, AsyncClient], error: OmniRelayError, expected: type[Exception], reason: str
+) -> None:
+    servicer, client = failing
+    servicer.error = error
+    with pytest.raises(expected) as caught:
+        await client.complete("hi")
+    assert getattr(caught.value, "reason") == reason  # noqa: B009
+
+
+async def test_unexpected_exception_is_internal_and_leaks_nothing(
+    failing: tuple[_Failing, AsyncClient],
+) -> None:
+    servicer, client = failing
+    servicer.error = RuntimeError("connection string postgres://admin:hunter2@db/prod failed")
+    with pytest.raises(client_errors.InternalError) as caught:
+        await client.complete("hi")
+    assert "hunter2" not in str(caught.value)
+    assert caught.value.request_id
+    assert f"request id {caught.value.request_id}" in caught.value.message
