@@ -1,0 +1,1 @@
+"""Benchmarks: omnirelay against a bare grpc.aio server on the same machine (`make bench`)."""
