@@ -37,7 +37,7 @@ async def test_complete_returns_choice_usage_and_route(channel: aio.Channel) -> 
     assert route.request_id == "req-123"
     assert route.attempts[0].outcome == types_pb2.ATTEMPT_OUTCOME_SUCCESS
     assert route.latency.ToNanoseconds() > 0
-    metadata = dict(await call.initial_metadata())
+    metadata = dict(await call.trailing_metadata())
     assert metadata["x-request-id"] == "req-123"
     assert metadata["x-omnirelay-model"] == "local-small"
     assert metadata["x-omnirelay-provider"] == "local"

@@ -34,7 +34,7 @@ async def test_stream_events_in_order_and_text_matches_unary(channel: aio.Channe
     assert done.request_id == "s-1"
     assert done.time_to_first_token.ToNanoseconds() > 0
     assert done.latency.ToNanoseconds() >= done.time_to_first_token.ToNanoseconds()
-    metadata = dict(await call.initial_metadata())
+    metadata = dict(await call.trailing_metadata())
     assert metadata["x-omnirelay-model"] == "local-small"
 
 

@@ -26,7 +26,7 @@ class CompletionService(completion_pb2_grpc.CompletionServiceServicer):
     ) -> completion_pb2.CompleteResponse:
         domain_request = convert.completion_request(request, current_request_id())
         completion = await self._gateway.complete(domain_request, deadline(context))
-        await context.send_initial_metadata(route_metadata(completion.route))
+        context.set_trailing_metadata(route_metadata(completion.route))
         return render.complete_response(completion)
 
     async def Embed(  # noqa: N802

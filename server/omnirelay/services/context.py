@@ -20,7 +20,12 @@ def deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
 
 
 def route_metadata(route: RouteInfo) -> tuple[tuple[str, str], ...]:
-    """Response metadata naming who served the call, so proxies and logs need not parse bodies."""
+    """Response metadata naming who served the call, so proxies and logs need not parse bodies.
+
+    It goes in the trailers: an explicit initial-metadata send is a separate batch on the wire
+    and cost a fifth of a small unary call's time in `make bench`. A stream's RouteStarted
+    event already tells the caller the route up front.
+    """
     return (
         (REQUEST_ID_HEADER, route.request_id),
         ("x-omnirelay-model", route.resolved_model),

@@ -33,8 +33,8 @@ class StreamCompletionService(stream_pb2_grpc.StreamCompletionServiceServicer):
         event_to_proto = render.stream_event
         try:
             async for event in events:
-                if isinstance(event, RouteStart) and event.attempt == 1:
-                    await context.send_initial_metadata(route_metadata(event.route))
+                if isinstance(event, RouteStart):
+                    context.set_trailing_metadata(route_metadata(event.route))
                 await write(event_to_proto(event))
         finally:
             # A client cancel lands here as CancelledError; closing the gateway stream
