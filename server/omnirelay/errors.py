@@ -13,7 +13,25 @@ and adds the rich details a caller can act on::
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED + RetryInfo, QuotaFailure
     ├── UnavailableError                UNAVAILABLE       + RetryInfo, one DebugInfo entry per attempt
     ├── UnimplementedError              UNIMPLEMENTED
-    └── ShuttingDownError               UNAVAILABLE       (the server is draining)
+    ├── ShuttingDownError               UNAVAILABLE       (the server is draining)
+    └── UpstreamError                   a provider failure (+ provider, HTTP status, upstream request id)
+        ├── UpstreamAuthenticationError UNAUTHENTICATED   the gateway's key for that provider was refused
+        ├── UpstreamPermissionError     PERMISSION_DENIED
+        ├── UpstreamNotFoundError       NOT_FOUND         (the provider does not know the model)
+        ├── UpstreamInvalidRequestError INVALID_ARGUMENT
+        ├── ContextLengthExceededError  INVALID_ARGUMENT
+        ├── ContentFilteredError        INVALID_ARGUMENT
+        ├── RateLimitedError            RESOURCE_EXHAUSTED + RetryInfo (from retry-after(-ms), RetryInfo)
+        ├── QuotaExhaustedError         RESOURCE_EXHAUSTED + QuotaFailure
+        ├── OverloadedError             UNAVAILABLE       (Anthropic 529, Gemini 503 "overloaded")
+        ├── UpstreamServerError         UNAVAILABLE
+        ├── UpstreamConnectionError     UNAVAILABLE
+        ├── UpstreamTimeoutError        DEADLINE_EXCEEDED
+        ├── MalformedResponseError      UNAVAILABLE       (the upstream spoke nonsense)
+        └── StreamBrokenError           UNAVAILABLE       (the stream ended or failed mid-way)
+
+``retryable`` on an UpstreamError says whether another attempt (or another
+deployment) may succeed; routing reads it, callers see it in ErrorInfo.
 
 Foreign exceptions are translated where they are caught (``raise ... from exc``);
 ``to_status`` is the only place a gRPC status is built from an error. Messages
@@ -201,6 +219,126 @@ def _retry_info(seconds: float | None) -> Iterable[Detail]:
         yield error_details_pb2.RetryInfo(retry_delay=delay)
 
 
+class UpstreamError(OmniRelayError):
+    """A provider's failure, classified. Carries what operators need to chase it upstream."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str,
+        http_status: int = 0,
+        upstream_request_id: str = "",
+        retry_after_seconds: float | None = None,
+        upstream_code: str = "",
+    ) -> None:
+        metadata = {"provider": provider, "retryable": str(self.retryable).lower()}
+        if http_status:
+            metadata["http_status"] = str(http_status)
+        if upstream_request_id:
+            metadata["upstream_request_id"] = upstream_request_id
+        if upstream_code:
+            metadata["upstream_code"] = upstream_code
+        super().__init__(message, metadata=metadata)
+        self.provider = provider
+        self.http_status = http_status
+        self.upstream_request_id = upstream_request_id
+        self.retry_after_seconds = retry_after_seconds
+        self.upstream_code = upstream_code
+
+    def _details(self) -> Iterable[Detail]:
+        yield from _retry_info(self.retry_after_seconds)
+
+
+class UpstreamAuthenticationError(UpstreamError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UPSTREAM_AUTHENTICATION"
+
+
+class UpstreamPermissionError(UpstreamError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "UPSTREAM_PERMISSION_DENIED"
+
+
+class UpstreamNotFoundError(UpstreamError):
+    code = grpc.StatusCode.NOT_FOUND
+    reason = "UPSTREAM_NOT_FOUND"
+
+
+class UpstreamInvalidRequestError(UpstreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "UPSTREAM_INVALID_REQUEST"
+
+
+class ContextLengthExceededError(UpstreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "CONTEXT_LENGTH_EXCEEDED"
+
+
+class ContentFilteredError(UpstreamError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    reason = "CONTENT_FILTERED"
+
+
+class RateLimitedError(UpstreamError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "UPSTREAM_RATE_LIMITED"
+    retryable = True
+
+
+class QuotaExhaustedError(UpstreamError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "UPSTREAM_QUOTA_EXHAUSTED"
+
+    def _details(self) -> Iterable[Detail]:
+        yield from super()._details()
+        yield error_details_pb2.QuotaFailure(
+            violations=[
+                error_details_pb2.QuotaFailure.Violation(
+                    subject=f"provider:{self.provider}", description=self.message
+                )
+            ]
+        )
+
+
+class OverloadedError(UpstreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_OVERLOADED"
+    retryable = True
+
+
+class UpstreamServerError(UpstreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_SERVER_ERROR"
+    retryable = True
+
+
+class UpstreamConnectionError(UpstreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_CONNECTION"
+    retryable = True
+
+
+class UpstreamTimeoutError(UpstreamError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    reason = "UPSTREAM_TIMEOUT"
+    retryable = True
+
+
+class MalformedResponseError(UpstreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_MALFORMED"
+    retryable = True
+
+
+class StreamBrokenError(UpstreamError):
+    code = grpc.StatusCode.UNAVAILABLE
+    reason = "UPSTREAM_STREAM_BROKEN"
+    retryable = True
+
+
 _CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.INTERNAL: code_pb2.INTERNAL,
     grpc.StatusCode.INVALID_ARGUMENT: code_pb2.INVALID_ARGUMENT,
@@ -210,4 +348,6 @@ _CODES: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: code_pb2.RESOURCE_EXHAUSTED,
     grpc.StatusCode.UNAVAILABLE: code_pb2.UNAVAILABLE,
     grpc.StatusCode.UNIMPLEMENTED: code_pb2.UNIMPLEMENTED,
+    grpc.StatusCode.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED: code_pb2.PERMISSION_DENIED,
 }
