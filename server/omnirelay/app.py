@@ -85,6 +85,7 @@ class App:
         stopping = asyncio.ensure_future(self.server.stop(grace))
         self.health.close_watches()
         await stopping
+        await self.providers.aclose()
         log.info("stopped")
 
 

@@ -66,6 +66,13 @@ def _parser() -> argparse.ArgumentParser:
     models.add_argument("--profile")
     models.set_defaults(func=_models)
 
+    sim = sub.add_parser(
+        "sim", help="run the provider simulator (OpenAI, Anthropic, Gemini, Ollama wire formats)"
+    )
+    sim.add_argument("--host", default="127.0.0.1")
+    sim.add_argument("--port", type=int, default=8089)
+    sim.set_defaults(func=_sim)
+
     health = sub.add_parser("health", help="check a gateway's gRPC health (exit 0 when SERVING)")
     health.add_argument("--target", default="127.0.0.1:50051")
     health.add_argument("--service", default="", help="service name; empty is the whole server")
@@ -164,6 +171,23 @@ def _models(args: argparse.Namespace) -> int:
     for row in [header, *sorted(rows)]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from omnirelay.sim import server
+
+    async def run() -> int:
+        running = await server.start(args.host, args.port)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        print(f"omnirelay sim serving on {args.host}:{running.port}", flush=True)
+        await stop.wait()
+        await running.stop()
+        return 0
+
+    return asyncio.run(run())
 
 
 def _health(args: argparse.Namespace) -> int:

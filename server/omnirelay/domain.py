@@ -240,6 +240,7 @@ class TextDelta:
     choice_index: int
     text: str
     reasoning: str = ""
+    refusal: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,7 +97,8 @@ class Gateway:
         sampling = request.sampling
         if request.preset:
             sampling = sampling.over(self.catalog.preset(resolved, request.preset))
-        sampling, dropped = _supported(sampling, provider, resolved, request.routing.strict_parameters)
+        strict = request.routing.strict_parameters or provider.strict_parameters
+        sampling, dropped = _supported(sampling, provider, resolved, strict)
         route = RouteInfo(
             requested_model=request.model,
             resolved_model=resolved.name,

@@ -1,13 +1,23 @@
 """Configuration: dynaconf loading, profiles, validation into frozen dataclasses."""
 
 from omnirelay.config.loader import load_raw, load_settings, masked
-from omnirelay.config.schema import ConfigError, ConfigProblem, LocalProviderSettings, ModelSettings, Settings
+from omnirelay.config.schema import (
+    ConfigError,
+    ConfigProblem,
+    HttpProviderSettings,
+    LocalProviderSettings,
+    ModelSettings,
+    ProviderSettings,
+    Settings,
+)
 
 __all__ = [
     "ConfigError",
     "ConfigProblem",
+    "HttpProviderSettings",
     "LocalProviderSettings",
     "ModelSettings",
+    "ProviderSettings",
     "Settings",
     "load_raw",
     "load_settings",

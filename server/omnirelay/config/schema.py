@@ -9,6 +9,7 @@ misspelt key silently ignored is a production incident later.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,20 @@ PROFILES = ("development", "staging", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMATS = ("json", "text")
 CAPABILITIES = ("streaming", "tools", "json_mode", "json_schema", "vision", "reasoning", "embeddings")
-PROVIDER_KINDS = ("local",)
+PROVIDER_KINDS = ("local", "openai", "azure", "anthropic", "gemini", "ollama")
+# OpenAI-compatible servers whose small differences the openai adapter knows.
+OPENAI_FLAVORS = (
+    "",
+    "vllm",
+    "llamacpp",
+    "ollama",
+    "groq",
+    "deepseek",
+    "mistral",
+    "together",
+    "openrouter",
+    "xai",
+)
 SECRET_KEYS = ("api_key", "token", "secret", "password")
 
 
@@ -75,7 +89,28 @@ class LocalProviderSettings:
     kind: str = "local"
 
 
-ProviderSettings = LocalProviderSettings
+@dataclass(frozen=True, slots=True)
+class HttpProviderSettings:
+    """An upstream reached over HTTP: where, with which key, and how patiently."""
+
+    name: str
+    kind: str
+    base_url: str
+    api_key: str = field(default="", repr=False)
+    flavor: str = ""
+    # Azure's api-version query parameter; Anthropic's anthropic-version header.
+    api_version: str = ""
+    connect_timeout: float = 5.0
+    read_timeout: float = 120.0
+    total_timeout: float = 600.0
+    max_connections: int = 100
+    max_keepalive_connections: int = 20
+    http2: bool = False
+    strict_parameters: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+ProviderSettings = LocalProviderSettings | HttpProviderSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +216,14 @@ class _Section:
             self.problem(key, value, f"unknown {', '.join(bad)}; expected any of {', '.join(choices)}")
         return tuple(v for v in value if v not in bad)
 
+    def get_str_map(self, key: str) -> tuple[tuple[str, str], ...]:
+        self.seen.add(key)
+        value = self.raw.get(key, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            self.problem(key, value, "expected a table of strings")
+            return ()
+        return tuple((str(k), v) for k, v in value.items())
+
     def tables(self, key: str) -> dict[str, _Section]:
         self.seen.add(key)
         raw = self.raw.get(key, {})
@@ -248,7 +291,9 @@ def _logging(s: _Section) -> LoggingSettings:
 
 
 def _provider(name: str, s: _Section) -> ProviderSettings:
-    s.get_str("kind", PROVIDER_KINDS)
+    kind = s.get_str("kind", PROVIDER_KINDS)
+    if kind != "local":
+        return _http_provider(name, kind, s)
     result = LocalProviderSettings(
         name=name,
         ttft_ms=s.get_float("ttft_ms", 0.0, 600_000.0, default=0.0),
@@ -257,6 +302,45 @@ def _provider(name: str, s: _Section) -> ProviderSettings:
         embedding_dimensions=s.get_int("embedding_dimensions", 1, 65_536, default=64),
         api_key=s.get_str("api_key", default=""),
     )
+    s.reject_unknown()
+    return result
+
+
+_DEFAULT_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+    "ollama": "http://127.0.0.1:11434",
+}
+
+
+def _http_provider(name: str, kind: str, s: _Section) -> HttpProviderSettings:
+    base_url = s.get_str("base_url", default=_DEFAULT_URLS.get(kind, ""))
+    if not base_url.startswith(("http://", "https://")):
+        s.problem("base_url", base_url, "expected an http:// or https:// URL")
+    api_key = s.get_str("api_key", default="")
+    key_env = s.get_str("api_key_env", default="")
+    if key_env and not api_key:
+        # Keys stay out of files: name the variable that holds it.
+        api_key = os.environ.get(key_env, "")
+    result = HttpProviderSettings(
+        name=name,
+        kind=kind,
+        base_url=base_url.rstrip("/"),
+        api_key=api_key,
+        flavor=s.get_str("flavor", OPENAI_FLAVORS if kind == "openai" else ("",), default=""),
+        api_version=s.get_str("api_version", default=""),
+        connect_timeout=s.get_float("connect_timeout", 0.01, 600.0, default=5.0),
+        read_timeout=s.get_float("read_timeout", 0.01, 3600.0, default=120.0),
+        total_timeout=s.get_float("total_timeout", 0.01, 86_400.0, default=600.0),
+        max_connections=s.get_int("max_connections", 1, 100_000, default=100),
+        max_keepalive_connections=s.get_int("max_keepalive_connections", 0, 100_000, default=20),
+        http2=s.get_bool("http2", default=False),
+        strict_parameters=s.get_bool("strict_parameters", default=False),
+        headers=s.get_str_map("headers"),
+    )
+    if kind == "azure" and not result.api_version:
+        s.problem("api_version", "", "required for kind azure, e.g. 2024-10-21")
     s.reject_unknown()
     return result
 

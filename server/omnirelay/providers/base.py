@@ -27,6 +27,15 @@ class ChatProvider(Protocol):
         """Sampling parameter names this provider cannot honour (dropped or refused)."""
         ...
 
+    @property
+    def strict_parameters(self) -> bool:
+        """Refuse unsupported parameters for every request to this provider (not only strict ones)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release pooled connections; called once at shutdown."""
+        ...
+
     async def complete(self, call: ProviderCall) -> CompletionResult:
         """The whole answer. Raises an ``OmniRelayError`` subclass on failure."""
         ...

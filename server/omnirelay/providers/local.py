@@ -59,6 +59,7 @@ class LocalProvider:
     """Generates text locally; counts what it generates so tests can see cancellation work."""
 
     unsupported_parameters = frozenset({"response_format", "top_logprobs"})
+    strict_parameters = False
 
     def __init__(self, settings: LocalProviderSettings) -> None:
         self._settings = settings
@@ -111,6 +112,9 @@ class LocalProvider:
             yield UsageChunk(_usage(call, choices))
         finally:
             self.active_streams -= 1
+
+    async def aclose(self) -> None:
+        return None
 
     async def embed(self, deployment: Deployment, inputs: Sequence[str], dimensions: int) -> EmbeddingResult:
         dims = dimensions or self._settings.embedding_dimensions

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from omnirelay.config.schema import LocalProviderSettings, ProviderSettings
+from omnirelay.config.schema import HttpProviderSettings, LocalProviderSettings, ProviderSettings
 from omnirelay.errors import FailedPreconditionError
 from omnirelay.providers.base import ChatProvider
+from omnirelay.providers.http import HttpTransport
 
 
 def _local(settings: ProviderSettings) -> ChatProvider:
@@ -16,9 +17,49 @@ def _local(settings: ProviderSettings) -> ChatProvider:
     return LocalProvider(settings)
 
 
+def _openai(settings: ProviderSettings) -> ChatProvider:
+    from omnirelay.providers.openai import OpenAIProvider
+
+    assert isinstance(settings, HttpProviderSettings)
+    return OpenAIProvider(settings, HttpTransport(settings))
+
+
+def _azure(settings: ProviderSettings) -> ChatProvider:
+    from omnirelay.providers.azure import AzureOpenAIProvider
+
+    assert isinstance(settings, HttpProviderSettings)
+    return AzureOpenAIProvider(settings, HttpTransport(settings))
+
+
+def _anthropic(settings: ProviderSettings) -> ChatProvider:
+    from omnirelay.providers.anthropic import AnthropicProvider
+
+    assert isinstance(settings, HttpProviderSettings)
+    return AnthropicProvider(settings, HttpTransport(settings))
+
+
+def _gemini(settings: ProviderSettings) -> ChatProvider:
+    from omnirelay.providers.gemini import GeminiProvider
+
+    assert isinstance(settings, HttpProviderSettings)
+    return GeminiProvider(settings, HttpTransport(settings))
+
+
+def _ollama(settings: ProviderSettings) -> ChatProvider:
+    from omnirelay.providers.ollama import OllamaProvider
+
+    assert isinstance(settings, HttpProviderSettings)
+    return OllamaProvider(settings, HttpTransport(settings))
+
+
 # One entry per provider kind; imports are lazy so an unused adapter costs nothing at start.
 FACTORIES: Mapping[str, Callable[[ProviderSettings], ChatProvider]] = {
     "local": _local,
+    "openai": _openai,
+    "azure": _azure,
+    "anthropic": _anthropic,
+    "gemini": _gemini,
+    "ollama": _ollama,
 }
 
 
@@ -43,3 +84,8 @@ class ProviderRegistry:
 
     def __contains__(self, name: str) -> bool:
         return name in self._providers
+
+    async def aclose(self) -> None:
+        """Close every provider's connection pool (at shutdown, after the last call)."""
+        for provider in self._providers.values():
+            await provider.aclose()

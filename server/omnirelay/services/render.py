@@ -118,7 +118,9 @@ def stream_event(e: d.GatewayEvent) -> stream_pb2.StreamCompleteResponse:
     """One stream event per gateway event (text deltas first: they are the hot path)."""
     if isinstance(e, d.TextDelta):
         return stream_pb2.StreamCompleteResponse(
-            text_delta=stream_pb2.TextDelta(choice_index=e.choice_index, text=e.text, reasoning=e.reasoning)
+            text_delta=stream_pb2.TextDelta(
+                choice_index=e.choice_index, text=e.text, reasoning=e.reasoning, refusal=e.refusal
+            )
         )
     if isinstance(e, d.ToolCallDelta):
         return stream_pb2.StreamCompleteResponse(

@@ -26,7 +26,7 @@ from omnirelay_client.v1 import completion_pb2 as omnirelay_dot_v1_dot_completio
 from omnirelay_client.v1 import types_pb2 as omnirelay_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19omnirelay/v1/stream.proto\x12\x0comnirelay.v1\x1a\x1domnirelay/v1/completion.proto\x1a\x18omnirelay/v1/types.proto\"G\n\x15StreamCompleteRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.omnirelay.v1.CompleteRequest\"T\n\x0cRouteStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x03\"B\n\tTextDelta\x12\x14\n\x0c\x63hoice_index\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\treasoning\x18\x03 \x01(\t\"g\n\rToolCallDelta\x12\x14\n\x0c\x63hoice_index\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x03\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x05 \x01(\t\"{\n\x06\x46inish\x12\x14\n\x0c\x63hoice_index\x18\x01 \x01(\x03\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.omnirelay.v1.FinishReason\x12(\n\x08logprobs\x18\x03 \x01(\x0b\x32\x16.omnirelay.v1.Logprobs\"p\n\x0cRouteChanged\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.omnirelay.v1.RouteStarted\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.omnirelay.v1.RouteStarted\x12\x0e\n\x06reason\x18\x03 \x01(\t\"/\n\x04\x44one\x12\'\n\x05route\x18\x01 \x01(\x0b\x32\x18.omnirelay.v1.RouteFacts\"\xe4\x02\n\x16StreamCompleteResponse\x12\x33\n\rroute_started\x18\x01 \x01(\x0b\x32\x1a.omnirelay.v1.RouteStartedH\x00\x12-\n\ntext_delta\x18\x02 \x01(\x0b\x32\x17.omnirelay.v1.TextDeltaH\x00\x12\x36\n\x0ftool_call_delta\x18\x03 \x01(\x0b\x32\x1b.omnirelay.v1.ToolCallDeltaH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.omnirelay.v1.UsageH\x00\x12&\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x14.omnirelay.v1.FinishH\x00\x12\x33\n\rroute_changed\x18\x06 \x01(\x0b\x32\x1a.omnirelay.v1.RouteChangedH\x00\x12\"\n\x04\x64one\x18\x07 \x01(\x0b\x32\x12.omnirelay.v1.DoneH\x00\x42\x07\n\x05\x65vent2x\n\x17StreamCompletionService\x12]\n\x0eStreamComplete\x12#.omnirelay.v1.StreamCompleteRequest\x1a$.omnirelay.v1.StreamCompleteResponse0\x01\x42T\n\x10\x64\x65v.omnirelay.v1P\x01Z>github.com/omnirelay/omnirelay/gen/go/omnirelay/v1;omnirelayv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19omnirelay/v1/stream.proto\x12\x0comnirelay.v1\x1a\x1domnirelay/v1/completion.proto\x1a\x18omnirelay/v1/types.proto\"G\n\x15StreamCompleteRequest\x12.\n\x07request\x18\x01 \x01(\x0b\x32\x1d.omnirelay.v1.CompleteRequest\"T\n\x0cRouteStarted\x12\r\n\x05model\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\x12\n\ndeployment\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\x03\"S\n\tTextDelta\x12\x14\n\x0c\x63hoice_index\x18\x01 \x01(\x03\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x11\n\treasoning\x18\x03 \x01(\t\x12\x0f\n\x07refusal\x18\x04 \x01(\t\"g\n\rToolCallDelta\x12\x14\n\x0c\x63hoice_index\x18\x01 \x01(\x03\x12\r\n\x05index\x18\x02 \x01(\x03\x12\n\n\x02id\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x17\n\x0f\x61rguments_delta\x18\x05 \x01(\t\"{\n\x06\x46inish\x12\x14\n\x0c\x63hoice_index\x18\x01 \x01(\x03\x12\x31\n\rfinish_reason\x18\x02 \x01(\x0e\x32\x1a.omnirelay.v1.FinishReason\x12(\n\x08logprobs\x18\x03 \x01(\x0b\x32\x16.omnirelay.v1.Logprobs\"p\n\x0cRouteChanged\x12(\n\x04\x66rom\x18\x01 \x01(\x0b\x32\x1a.omnirelay.v1.RouteStarted\x12&\n\x02to\x18\x02 \x01(\x0b\x32\x1a.omnirelay.v1.RouteStarted\x12\x0e\n\x06reason\x18\x03 \x01(\t\"/\n\x04\x44one\x12\'\n\x05route\x18\x01 \x01(\x0b\x32\x18.omnirelay.v1.RouteFacts\"\xe4\x02\n\x16StreamCompleteResponse\x12\x33\n\rroute_started\x18\x01 \x01(\x0b\x32\x1a.omnirelay.v1.RouteStartedH\x00\x12-\n\ntext_delta\x18\x02 \x01(\x0b\x32\x17.omnirelay.v1.TextDeltaH\x00\x12\x36\n\x0ftool_call_delta\x18\x03 \x01(\x0b\x32\x1b.omnirelay.v1.ToolCallDeltaH\x00\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x13.omnirelay.v1.UsageH\x00\x12&\n\x06\x66inish\x18\x05 \x01(\x0b\x32\x14.omnirelay.v1.FinishH\x00\x12\x33\n\rroute_changed\x18\x06 \x01(\x0b\x32\x1a.omnirelay.v1.RouteChangedH\x00\x12\"\n\x04\x64one\x18\x07 \x01(\x0b\x32\x12.omnirelay.v1.DoneH\x00\x42\x07\n\x05\x65vent2x\n\x17StreamCompletionService\x12]\n\x0eStreamComplete\x12#.omnirelay.v1.StreamCompleteRequest\x1a$.omnirelay.v1.StreamCompleteResponse0\x01\x42T\n\x10\x64\x65v.omnirelay.v1P\x01Z>github.com/omnirelay/omnirelay/gen/go/omnirelay/v1;omnirelayv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,17 +39,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTESTARTED']._serialized_start=173
   _globals['_ROUTESTARTED']._serialized_end=257
   _globals['_TEXTDELTA']._serialized_start=259
-  _globals['_TEXTDELTA']._serialized_end=325
-  _globals['_TOOLCALLDELTA']._serialized_start=327
-  _globals['_TOOLCALLDELTA']._serialized_end=430
-  _globals['_FINISH']._serialized_start=432
-  _globals['_FINISH']._serialized_end=555
-  _globals['_ROUTECHANGED']._serialized_start=557
-  _globals['_ROUTECHANGED']._serialized_end=669
-  _globals['_DONE']._serialized_start=671
-  _globals['_DONE']._serialized_end=718
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=721
-  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1077
-  _globals['_STREAMCOMPLETIONSERVICE']._serialized_start=1079
-  _globals['_STREAMCOMPLETIONSERVICE']._serialized_end=1199
+  _globals['_TEXTDELTA']._serialized_end=342
+  _globals['_TOOLCALLDELTA']._serialized_start=344
+  _globals['_TOOLCALLDELTA']._serialized_end=447
+  _globals['_FINISH']._serialized_start=449
+  _globals['_FINISH']._serialized_end=572
+  _globals['_ROUTECHANGED']._serialized_start=574
+  _globals['_ROUTECHANGED']._serialized_end=686
+  _globals['_DONE']._serialized_start=688
+  _globals['_DONE']._serialized_end=735
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_start=738
+  _globals['_STREAMCOMPLETERESPONSE']._serialized_end=1094
+  _globals['_STREAMCOMPLETIONSERVICE']._serialized_start=1096
+  _globals['_STREAMCOMPLETIONSERVICE']._serialized_end=1216
 # @@protoc_insertion_point(module_scope)

@@ -85,22 +85,26 @@ class TextDelta(_message.Message):
     CHOICE_INDEX_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     REASONING_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     choice_index: _builtins.int
     """The choice it belongs to."""
     text: _builtins.str
     """The text to append."""
     reasoning: _builtins.str
     """Reasoning text to append (instead of answer text), when the provider exposes it."""
+    refusal: _builtins.str
+    """Refusal text to append, when the model refuses."""
     def __init__(
         self,
         *,
         choice_index: _builtins.int = ...,
         text: _builtins.str = ...,
         reasoning: _builtins.str = ...,
+        refusal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice_index", b"choice_index", "reasoning", b"reasoning", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["choice_index", b"choice_index", "reasoning", b"reasoning", "refusal", b"refusal", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

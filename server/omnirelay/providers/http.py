@@ -1,0 +1,125 @@
+"""Pooled HTTP to one upstream endpoint: one httpx client per provider, made at start, closed at stop.
+
+Every request is bounded by the provider's total timeout; the caller's gRPC
+deadline bounds it too, from outside (the gateway cancels the task, and
+cancellation closes the HTTP exchange, so the upstream sees the caller leave).
+Transport failures become UpstreamError subclasses here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from omnirelay.config.schema import HttpProviderSettings
+from omnirelay.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeoutError
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamResponse:
+    """A whole (non-streamed) answer."""
+
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpTransport:
+    def __init__(self, settings: HttpProviderSettings, client: httpx.AsyncClient | None = None) -> None:
+        self.provider = settings.name
+        self.total_timeout = settings.total_timeout
+        self._client = client or httpx.AsyncClient(
+            base_url=settings.base_url,
+            http2=settings.http2,
+            timeout=httpx.Timeout(
+                connect=settings.connect_timeout,
+                read=settings.read_timeout,
+                write=settings.read_timeout,
+                pool=settings.connect_timeout,
+            ),
+            limits=httpx.Limits(
+                max_connections=settings.max_connections,
+                max_keepalive_connections=settings.max_keepalive_connections,
+            ),
+            headers=dict(settings.headers),
+        )
+
+    async def post(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> UpstreamResponse:
+        try:
+            async with asyncio.timeout(self.total_timeout):
+                response = await self._client.post(
+                    path, content=_dumps(body), headers=_json(headers), params=params
+                )
+                return UpstreamResponse(response.status_code, response.headers, response.content)
+        except TimeoutError:
+            raise self._timeout() from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        path: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[httpx.Response]:
+        """An open streamed response; leaving the block closes it (and, mid-body, the connection)."""
+        request = self._client.build_request(
+            "POST", path, content=_dumps(body), headers=_json(headers), params=params
+        )
+        try:
+            response = await self._client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+        try:
+            yield response
+        finally:
+            await response.aclose()
+
+    async def chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
+        """The body as it arrives, with transport failures translated."""
+        try:
+            async for chunk in response.aiter_raw():
+                yield chunk
+        except httpx.TimeoutException:
+            raise self._timeout() from None
+        except httpx.HTTPError as exc:
+            raise self._transport_error(exc) from None
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def _timeout(self) -> UpstreamTimeoutError:
+        return UpstreamTimeoutError(f"{self.provider} did not answer in time", provider=self.provider)
+
+    def _transport_error(self, exc: httpx.HTTPError) -> UpstreamError:
+        if isinstance(exc, httpx.TimeoutException):
+            return self._timeout()
+        # The exception text names host and port only; request URLs and headers (keys) stay out.
+        return UpstreamConnectionError(
+            f"connection to {self.provider} failed: {type(exc).__name__}", provider=self.provider
+        )
+
+
+def _dumps(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _json(headers: Mapping[str, str] | None) -> dict[str, str]:
+    return {"content-type": "application/json", **(headers or {})}

@@ -1,0 +1,303 @@
+"""The simulator's shared core: what to answer (a Plan), faults to inject, pacing, and the record.
+
+Each wire format (``sim/openai.py``, ``anthropic.py``, ``gemini.py``,
+``ollama.py``) reads its own request shape into ``PromptFacts``, asks
+``Simulator.plan`` what to say, and writes it in its own framing. Options
+ride in the model name (``gpt-4o+ttft=50+itl=5+fault=429+retry_after=2``) so
+they pass through the gateway untouched, or in an ``x-sim-options`` header
+(``ttft=50;fault=drop``) for direct calls.
+
+Options:
+    ttft=MS          delay before the first token (unary: before the answer)
+    itl=MS           delay between tokens
+    tokens=N         answer length when max_tokens does not cut it (default 12)
+    fault=KIND       401 403 404 400 429 500 503 529 context quota filter
+                     hang (no answer until the client leaves) drop (connection closed mid-stream)
+                     malformed (invalid JSON) stream_error (the format's in-stream error)
+    retry_after=S    with 429/503/529: the retry-after header (seconds)
+    after=N          with drop/stream_error/malformed in a stream: tokens sent first (default 3)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+_WORDS = (
+    "the quick amber signal drifts over quiet harbor lanterns while silver engines hum beneath "
+    "northern winter skies and every relay keeps its promise to the patient listener"
+).split()
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+FAULTS = frozenset(
+    {
+        "401",
+        "403",
+        "404",
+        "400",
+        "429",
+        "500",
+        "503",
+        "529",
+        "context",
+        "quota",
+        "filter",
+        "hang",
+        "drop",
+        "malformed",
+        "stream_error",
+    }
+)
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's tokenizer: the same rule as omnirelay's local estimator."""
+    return sum(1 for _ in _TOKEN.finditer(text))
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFacts:
+    """What a format module read from its request."""
+
+    model: str
+    prompt: str
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    tools: tuple[str, ...] = ()
+    forced_tool: str | None = None
+    json_mode: bool = False
+    stream: bool = False
+    options_header: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallPlan:
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything a format module needs to answer one request."""
+
+    model: str
+    pieces: tuple[str, ...]
+    prompt_tokens: int
+    finish: str  # "stop", "length" or "tool_calls"
+    tool_call: ToolCallPlan | None
+    ttft: float
+    itl: float
+    fault: str
+    retry_after: float | None
+    after: int
+    request_id: str
+
+    @property
+    def completion_tokens(self) -> int:
+        if self.tool_call is not None:
+            return count_tokens(self.tool_call.arguments_json)
+        return len(self.pieces)
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass
+class Served:
+    """One request as the simulator saw it."""
+
+    format: str
+    model: str
+    stream: bool
+    fault: str
+    request_id: str
+    started: float = field(default_factory=time.monotonic)
+    pieces_sent: int = 0
+    completed: bool = False
+    disconnected: bool = False
+
+
+class ClientGoneError(Exception):
+    """The client closed the connection; stop producing."""
+
+
+def parse_options(model: str, header: str = "") -> tuple[str, dict[str, str]]:
+    base, *parts = model.split("+")
+    options = dict(p.split("=", 1) for p in parts if "=" in p)
+    for item in header.split(";"):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            options[key.strip()] = value.strip()
+    return base, options
+
+
+class Simulator:
+    """Plans answers and keeps the record of everything served."""
+
+    def __init__(self) -> None:
+        self.served: list[Served] = []
+        self._counter = 0
+
+    def reset(self) -> None:
+        self.served.clear()
+
+    def plan(self, facts: PromptFacts) -> Plan:
+        base, options = parse_options(facts.model, facts.options_header)
+        fault = options.get("fault", "")
+        if fault and fault not in FAULTS:
+            fault = "400"
+        self._counter += 1
+        digest = hashlib.blake2b(f"{base}\x1f{facts.prompt}".encode(), digest_size=8).digest()
+        rng = random.Random(int.from_bytes(digest))
+        wanted = int(options.get("tokens", "12"))
+        limit = facts.max_tokens if facts.max_tokens is not None else wanted
+        count = min(wanted, limit)
+        finish = "length" if facts.max_tokens is not None and facts.max_tokens <= wanted else "stop"
+        pieces = [" " + _WORDS[rng.randrange(len(_WORDS))] for _ in range(count)]
+        if pieces:
+            pieces[0] = pieces[0].lstrip()
+        if facts.json_mode:
+            pieces = ['{"answer": "', *(p.strip() + " " for p in pieces), '"}']
+            finish = "stop"
+        text = "".join(pieces)
+        for stop in facts.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                pieces = _cut(pieces, cut)
+                finish = "stop"
+                text = "".join(pieces)
+        tool_call = None
+        if facts.forced_tool or (facts.tools and "tool" in options):
+            name = facts.forced_tool or options.get("tool") or facts.tools[0]
+            args = json.dumps({"query": " ".join(p.strip() for p in pieces[:3])})
+            tool_call = ToolCallPlan(f"call_{rng.getrandbits(64):016x}", name, args)
+            finish = "tool_calls"
+        retry = options.get("retry_after")
+        return Plan(
+            model=base,
+            pieces=tuple(pieces),
+            prompt_tokens=count_tokens(facts.prompt),
+            finish=finish,
+            tool_call=tool_call,
+            ttft=float(options.get("ttft", "0")) / 1000.0,
+            itl=float(options.get("itl", "0")) / 1000.0,
+            fault=fault,
+            retry_after=float(retry) if retry is not None else None,
+            after=int(options.get("after", "3")),
+            request_id=f"sim-{self._counter:06d}",
+        )
+
+    def record(self, fmt: str, plan: Plan, stream: bool) -> Served:
+        served = Served(fmt, plan.model, stream, plan.fault, plan.request_id)
+        self.served.append(served)
+        return served
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "requests": len(self.served),
+            "completed": sum(1 for s in self.served if s.completed),
+            "disconnected": sum(1 for s in self.served if s.disconnected),
+            "by_format": _count(s.format for s in self.served),
+            "served": [
+                {
+                    "format": s.format,
+                    "model": s.model,
+                    "stream": s.stream,
+                    "fault": s.fault,
+                    "request_id": s.request_id,
+                    "pieces_sent": s.pieces_sent,
+                    "completed": s.completed,
+                    "disconnected": s.disconnected,
+                }
+                for s in self.served
+            ],
+        }
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _cut(pieces: Sequence[str], at: int) -> list[str]:
+    kept: list[str] = []
+    used = 0
+    for piece in pieces:
+        if used + len(piece) > at:
+            if at > used:
+                kept.append(piece[: at - used])
+            break
+        kept.append(piece)
+        used += len(piece)
+    return kept
+
+
+async def open_stream(
+    request: web.Request, served: Served, content_type: str, headers: Mapping[str, str] | None = None
+) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={"content-type": content_type, **(headers or {})})
+    await response.prepare(request)
+    return response
+
+
+async def send(request: web.Request, response: web.StreamResponse, served: Served, data: bytes) -> None:
+    """Write one frame; a client that left raises ClientGoneError (and is recorded as having left)."""
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        served.disconnected = True
+        raise ClientGoneError
+    try:
+        await response.write(data)
+    except (ConnectionResetError, ConnectionError) as exc:
+        served.disconnected = True
+        raise ClientGoneError from exc
+
+
+async def pause(request: web.Request, served: Served, seconds: float) -> None:
+    """Sleep, noticing a client that leaves meanwhile."""
+    if seconds <= 0:
+        return
+    end = time.monotonic() + seconds
+    while True:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            served.disconnected = True
+            raise ClientGoneError
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        await asyncio.sleep(min(left, 0.02))
+
+
+async def hang(request: web.Request, served: Served) -> web.StreamResponse:
+    """Answer nothing until the client gives up."""
+    await pause(request, served, 3600.0)
+    raise ClientGoneError
+
+
+def drop_connection(request: web.Request, served: Served) -> None:
+    """Close the socket mid-answer, as a crashed upstream or a cut network would."""
+    served.disconnected = False
+    if request.transport is not None:
+        request.transport.abort()
+
+
+def error_response(
+    status: int, body: Mapping[str, Any], plan: Plan, extra: Mapping[str, str] | None = None
+) -> web.Response:
+    headers = {"x-request-id": plan.request_id, **(extra or {})}
+    if plan.retry_after is not None and status in (429, 503, 529):
+        headers["retry-after"] = f"{plan.retry_after:g}"
+    return web.json_response(body, status=status, headers=headers)
