@@ -14,9 +14,9 @@ from grpc import aio
 from omnirelay.app import App
 from omnirelay.config import HttpProviderSettings, ModelSettings, Settings
 from omnirelay.sim.server import RunningSim, start
-from omnirelay_client.v1 import completion_pb2_grpc, stream_pb2_grpc, types_pb2
+from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, stream_pb2_grpc, types_pb2
 from tests.conftest import StartServer
-from tests.helpers import error_info, event_kinds, request, rich_status, stream_request, text
+from tests.helpers import error_info, event_kinds, request, rich_status, stream_request, text, user
 
 SECRET = "sk-e2e-secret-never-shown"
 PROVIDERS = {
@@ -160,3 +160,29 @@ async def test_stream_broken_mid_way_is_unavailable(gateway: tuple[App, aio.Chan
         await event_kinds(call)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert error_info(caught.value).reason == "UPSTREAM_STREAM_BROKEN"
+
+
+@pytest.mark.parametrize("provider", ["sim-openai", "sim-gemini", "sim-ollama"])
+async def test_embed_through_providers(gateway: tuple[App, aio.Channel], provider: str) -> None:
+    _, channel = gateway
+    stub = completion_pb2_grpc.CompletionServiceStub(channel)
+    response = await stub.Embed(
+        completion_pb2.EmbedRequest(model=f"{provider}/sim-embed", inputs=["alpha", "beta gamma"])
+    )
+    assert [e.index for e in response.embeddings] == [0, 1]
+    assert len(response.embeddings[0].values) > 0
+    assert response.embeddings[0].values != response.embeddings[1].values
+
+
+async def test_count_tokens_is_a_local_estimate_for_remote_models(gateway: tuple[App, aio.Channel]) -> None:
+    _, channel = gateway
+    stub = completion_pb2_grpc.CompletionServiceStub(channel)
+    counted = await stub.CountTokens(
+        completion_pb2.CountTokensRequest(model="sim-anthropic-model", messages=[user("one two three")])
+    )
+    assert counted.estimated
+    assert counted.input_tokens == 6
+    exact = await stub.CountTokens(
+        completion_pb2.CountTokensRequest(model="local-small", messages=[user("one two three")])
+    )
+    assert not exact.estimated
