@@ -8,7 +8,7 @@ PORT ?= 50051
 PROFILE ?= development
 
 .DEFAULT_GOAL := help
-.PHONY: help setup protos protos-check run test test-python test-node lint typecheck bench docker clean
+.PHONY: help setup protos protos-check run demo test test-python test-node lint typecheck bench docker clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-13s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ protos-check: $(STAMP) ## Fail when the committed generated code differs from pr
 
 run: $(STAMP) ## Serve on 127.0.0.1:$(PORT) with the $(PROFILE) profile
 	$(VENV)/bin/omnirelay serve --host 127.0.0.1 --port $(PORT) --profile $(PROFILE)
+
+demo: $(STAMP) ## Run the provider simulator and omnirelay in front of it, and call every provider
+	scripts/demo.sh
 
 test: test-python test-node ## Run every test (Python, then the Node.js client)
 
