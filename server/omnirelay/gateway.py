@@ -117,8 +117,15 @@ def _supported(
     if not unsupported:
         return sampling, ()
     present = set(sampling.set_fields())
+    # Values that ask for nothing beyond the default need no support: n=1, logprobs off, text format.
     if sampling.response_format is not None and sampling.response_format.type is ResponseFormatType.TEXT:
         present.discard("response_format")
+    if sampling.n == 1:
+        present.discard("n")
+    if sampling.logprobs is False:
+        present.discard("logprobs")
+    if sampling.top_logprobs == 0:
+        present.discard("top_logprobs")
     bad = tuple(sorted(present & unsupported))
     if not bad:
         return sampling, ()

@@ -180,3 +180,13 @@ async def test_message_size_limit_comes_from_settings(start_server: StartServer,
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Complete(request("word " * 1000, max_tokens=1))
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_default_valued_parameters_need_no_support(channel: aio.Channel) -> None:
+    stub = completion_pb2_grpc.CompletionServiceStub(channel)
+    text_format = types_pb2.ResponseFormat(type=types_pb2.ResponseFormat.TYPE_TEXT)
+    req = request(max_tokens=2, n=1, response_format=text_format, top_logprobs=0)
+    req.routing.strict_parameters = True
+    response = await stub.Complete(req)
+    assert list(response.route.dropped_parameters) == []
+    assert response.usage.output_tokens == 2
