@@ -53,23 +53,21 @@ class Gateway:
         latency = time.perf_counter() - started
         return Completion(result, replace(route, latency_seconds=latency, ttft_seconds=latency))
 
-    async def stream(
-        self, request: CompletionRequest, deadline: float | None
-    ) -> AsyncGenerator[GatewayEvent, None]:
+    async def stream(self, request: CompletionRequest) -> AsyncGenerator[GatewayEvent, None]:
         """RouteStart, the provider's chunks, then StreamDone. Closing it early stops the upstream."""
         started = time.perf_counter()
         provider, call, route = self._plan(request)
         yield RouteStart(route)
         ttft: float | None = None
         chunks = provider.stream(call)
+        # The deadline is not wrapped around the yields (an asyncio timeout there would cancel
+        # the consumer's code, not ours): gRPC cancels the call at its deadline, and that
+        # cancellation closes this generator and the provider's, reaching the upstream.
         try:
-            async with asyncio.timeout_at(deadline):
-                async for chunk in chunks:
-                    if ttft is None and isinstance(chunk, TextDelta | ToolCallDelta):
-                        ttft = time.perf_counter() - started
-                    yield chunk
-        except TimeoutError:
-            raise _deadline(route) from None
+            async for chunk in chunks:
+                if ttft is None and isinstance(chunk, TextDelta | ToolCallDelta):
+                    ttft = time.perf_counter() - started
+                yield chunk
         finally:
             # Close the upstream now rather than at garbage collection, so a caller who left
             # stops generation (and billing) at once.

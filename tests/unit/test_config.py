@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from omnirelay.config import ConfigError, load_raw, load_settings, masked
+from omnirelay.config import ConfigError, LocalProviderSettings, load_raw, load_settings, masked
 
 
 def test_development_is_the_default_profile() -> None:
@@ -50,7 +50,9 @@ def test_environment_overrides_nested_keys(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OMNIRELAY_DEFAULT_MODEL", "local-large")
     settings = load_settings("production")
     assert settings.server.port == 6100
-    assert settings.providers["local"].tokens_per_second == 250.5
+    local = settings.providers["local"]
+    assert isinstance(local, LocalProviderSettings)
+    assert local.tokens_per_second == 250.5
     assert settings.default_model == "local-large"
 
 

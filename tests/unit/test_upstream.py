@@ -9,7 +9,15 @@ import grpc
 import pytest
 
 from omnirelay import errors
-from omnirelay.domain import FinishChunk, FinishReason, TextDelta, TokenUsage, ToolCallDelta, UsageChunk
+from omnirelay.domain import (
+    FinishChunk,
+    FinishReason,
+    StreamChunk,
+    TextDelta,
+    TokenUsage,
+    ToolCallDelta,
+    UsageChunk,
+)
 from omnirelay.providers.assemble import Assembler
 from omnirelay.providers.upstream import ErrorBody, classify, request_id, retry_after
 
@@ -71,7 +79,7 @@ def test_retry_delay_from_body_when_no_header() -> None:
 
 
 def test_assembler_joins_text_and_tool_argument_fragments() -> None:
-    chunks = [
+    chunks: list[StreamChunk] = [
         TextDelta(0, "Hel"),
         TextDelta(1, "other"),
         TextDelta(0, "lo", reasoning="thinking"),

@@ -83,10 +83,16 @@ class HttpTransport:
         request = self._client.build_request(
             "POST", path, content=_dumps(body), headers=_json(headers), params=params
         )
+        # total_timeout bounds the whole exchange, headers and every byte of the body.
+        deadline = asyncio.get_running_loop().time() + self.total_timeout
         try:
-            response = await self._client.send(request, stream=True)
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(request, stream=True)
+        except TimeoutError:
+            raise self._timeout() from None
         except httpx.HTTPError as exc:
             raise self._transport_error(exc) from None
+        response.extensions["omnirelay_deadline"] = deadline
         try:
             yield response
         finally:
@@ -94,8 +100,14 @@ class HttpTransport:
 
     async def chunks(self, response: httpx.Response) -> AsyncIterator[bytes]:
         """The body as it arrives, with transport failures translated."""
+        # No asyncio.timeout across the yield (its cancel would land in the consumer's code):
+        # a stalled body is cut by read_timeout, a trickling one by this check per chunk.
+        deadline: float = response.extensions.get("omnirelay_deadline", float("inf"))
+        clock = asyncio.get_running_loop().time
         try:
             async for chunk in response.aiter_raw():
+                if clock() > deadline:
+                    raise self._timeout()
                 yield chunk
         except httpx.TimeoutException:
             raise self._timeout() from None
