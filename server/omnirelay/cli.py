@@ -141,6 +141,8 @@ def _chat(args: argparse.Namespace) -> int:
             print(f"omnirelay: {exc}", file=sys.stderr)
             for violation in exc.field_violations:
                 print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            if exc.retry_delay is not None:
+                print(f"  retry after {exc.retry_delay:g}s", file=sys.stderr)
             return EXIT_FAILED
     return 0
 
