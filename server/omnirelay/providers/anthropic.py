@@ -47,7 +47,7 @@ from omnirelay.errors import (
     UpstreamConnectionError,
     UpstreamError,
 )
-from omnirelay.providers.http import HttpTransport
+from omnirelay.providers.http import HttpAdapter, HttpTransport
 from omnirelay.providers.sse import SSEDecoder, SSEEvent
 from omnirelay.providers.upstream import ErrorBody, classify, request_id
 
@@ -93,30 +93,18 @@ _IMAGE_MAGIC = (
 )
 
 
-class AnthropicProvider:
+class AnthropicProvider(HttpAdapter):
     """Completions from the Anthropic Messages API."""
 
     unsupported_parameters = UNSUPPORTED
 
     def __init__(self, settings: HttpProviderSettings, transport: HttpTransport) -> None:
-        self._settings = settings
-        self._transport = transport
+        super().__init__(settings, transport)
         # An empty base_url leaves the client without one; an absolute URL still works then.
         self._path = MESSAGES_PATH if settings.base_url else DEFAULT_BASE_URL + MESSAGES_PATH
         self._headers = {"anthropic-version": settings.api_version or DEFAULT_API_VERSION}
         if settings.api_key:
             self._headers["x-api-key"] = settings.api_key
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def strict_parameters(self) -> bool:
-        return self._settings.strict_parameters
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
         response = await self._transport.post(self._path, build_body(call, stream=False), self._headers)

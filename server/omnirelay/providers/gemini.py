@@ -69,9 +69,9 @@ from omnirelay.errors import (
     UpstreamTimeoutError,
 )
 from omnirelay.providers import tokenizer
-from omnirelay.providers.http import HttpTransport
+from omnirelay.providers.http import HttpAdapter, HttpTransport
 from omnirelay.providers.sse import SSEDecoder, SSEEvent
-from omnirelay.providers.upstream import ErrorBody, classify, request_id, retry_after
+from omnirelay.providers.upstream import ErrorBody, classify, present, request_id, retry_after
 
 # ---------------------------------------------------------------- constants
 
@@ -136,12 +136,11 @@ _ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 _QUOTA_FAILURE = "type.googleapis.com/google.rpc.QuotaFailure"
 
 
-class GeminiProvider:
+class GeminiProvider(HttpAdapter):
     """Chat and embeddings from the Gemini API over one pooled HTTP client."""
 
     def __init__(self, settings: HttpProviderSettings, transport: HttpTransport) -> None:
-        self._settings = settings
-        self._transport = transport
+        super().__init__(settings, transport)
         self._headers = {KEY_HEADER: settings.api_key} if settings.api_key else {}
         base = settings.base_url.rstrip("/")
         # The transport's client resolves relative paths against base_url; without one, go absolute.
@@ -150,19 +149,8 @@ class GeminiProvider:
         self._models_path = f"{prefix}{version}/models/"
 
     @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
     def unsupported_parameters(self) -> frozenset[str]:
         return frozenset()
-
-    @property
-    def strict_parameters(self) -> bool:
-        return self._settings.strict_parameters
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     def _path(self, model: str, method: str) -> str:
         return f"{self._models_path}{model_id(model)}:{method}"
@@ -371,19 +359,18 @@ def _tool_config(choice: ToolChoice) -> dict[str, Any]:
 
 
 def _generation_config(sampling: Sampling) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    for key, value in (
-        ("maxOutputTokens", sampling.max_tokens),
-        ("temperature", sampling.temperature),
-        ("topP", sampling.top_p),
-        ("topK", sampling.top_k),
-        ("seed", sampling.seed),
-        ("candidateCount", sampling.n),
-        ("presencePenalty", sampling.presence_penalty),
-        ("frequencyPenalty", sampling.frequency_penalty),
-    ):
-        if value is not None:
-            config[key] = value
+    config = present(
+        (
+            ("maxOutputTokens", sampling.max_tokens),
+            ("temperature", sampling.temperature),
+            ("topP", sampling.top_p),
+            ("topK", sampling.top_k),
+            ("seed", sampling.seed),
+            ("candidateCount", sampling.n),
+            ("presencePenalty", sampling.presence_penalty),
+            ("frequencyPenalty", sampling.frequency_penalty),
+        )
+    )
     if sampling.stop:
         config["stopSequences"] = list(sampling.stop)
     fmt = sampling.response_format

@@ -135,3 +135,22 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
 
 def _json(headers: Mapping[str, str] | None) -> dict[str, str]:
     return {"content-type": "application/json", **(headers or {})}
+
+
+class HttpAdapter:
+    """What every HTTP provider class shares: its settings, its pooled transport, its name."""
+
+    def __init__(self, settings: HttpProviderSettings, transport: HttpTransport) -> None:
+        self._settings = settings
+        self._transport = transport
+
+    @property
+    def name(self) -> str:
+        return self._settings.name
+
+    @property
+    def strict_parameters(self) -> bool:
+        return self._settings.strict_parameters
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()

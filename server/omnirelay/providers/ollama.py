@@ -59,9 +59,9 @@ from omnirelay.errors import (
     UpstreamInvalidRequestError,
     UpstreamTimeoutError,
 )
-from omnirelay.providers.http import HttpTransport
+from omnirelay.providers.http import HttpAdapter, HttpTransport
 from omnirelay.providers.ndjson import NDJSONDecoder
-from omnirelay.providers.upstream import ErrorBody, classify, request_id
+from omnirelay.providers.upstream import ErrorBody, classify, present, request_id
 
 CHAT_PATH = "/api/chat"
 EMBED_PATH = "/api/embed"
@@ -99,18 +99,17 @@ def build_body(call: ProviderCall, stream: bool) -> dict[str, Any]:
         body["format"] = "json"
     elif fmt is not None and fmt.type is ResponseFormatType.JSON_SCHEMA:
         body["format"] = dict(fmt.json_schema) if fmt.json_schema else "json"
-    options: dict[str, Any] = {}
-    for key, value in (
-        ("num_predict", sampling.max_tokens),
-        ("temperature", sampling.temperature),
-        ("top_p", sampling.top_p),
-        ("top_k", sampling.top_k),
-        ("seed", sampling.seed),
-        ("presence_penalty", sampling.presence_penalty),
-        ("frequency_penalty", sampling.frequency_penalty),
-    ):
-        if value is not None:
-            options[key] = value
+    options = present(
+        (
+            ("num_predict", sampling.max_tokens),
+            ("temperature", sampling.temperature),
+            ("top_p", sampling.top_p),
+            ("top_k", sampling.top_k),
+            ("seed", sampling.seed),
+            ("presence_penalty", sampling.presence_penalty),
+            ("frequency_penalty", sampling.frequency_penalty),
+        )
+    )
     if sampling.stop:
         options["stop"] = list(sampling.stop)
     if options:
@@ -403,26 +402,14 @@ def _in_band_error(raw: Any, provider: str) -> UpstreamError:
 # The provider.
 
 
-class OllamaProvider:
+class OllamaProvider(HttpAdapter):
     """Chat and embeddings from an Ollama server (local, or remote behind a key-checking proxy)."""
 
     unsupported_parameters = UNSUPPORTED
 
     def __init__(self, settings: HttpProviderSettings, transport: HttpTransport) -> None:
-        self._settings = settings
-        self._transport = transport
+        super().__init__(settings, transport)
         self._headers = {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
-
-    @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
-    def strict_parameters(self) -> bool:
-        return self._settings.strict_parameters
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
         self._check_tool_choice(call)

@@ -57,7 +57,7 @@ from omnirelay.errors import (
     UpstreamTimeoutError,
 )
 from omnirelay.providers import tokenizer, upstream
-from omnirelay.providers.http import HttpTransport, UpstreamResponse
+from omnirelay.providers.http import HttpAdapter, HttpTransport, UpstreamResponse
 from omnirelay.providers.sse import SSEDecoder, SSEEvent
 from omnirelay.providers.upstream import ErrorBody
 
@@ -580,29 +580,17 @@ def _retry_in(message: str) -> float | None:
 # --- the provider -------------------------------------------------------------------------------------
 
 
-class OpenAIProvider:
+class OpenAIProvider(HttpAdapter):
     """api.openai.com or any OpenAI-compatible server (``settings.flavor``)."""
 
     def __init__(self, settings: HttpProviderSettings, transport: HttpTransport) -> None:
-        self._settings = settings
-        self._transport = transport
+        super().__init__(settings, transport)
         self._flavor = settings.flavor
         self._quirks = quirks(settings.flavor)
 
     @property
-    def name(self) -> str:
-        return self._settings.name
-
-    @property
     def unsupported_parameters(self) -> frozenset[str]:
         return self._quirks.unsupported
-
-    @property
-    def strict_parameters(self) -> bool:
-        return self._settings.strict_parameters
-
-    async def aclose(self) -> None:
-        await self._transport.aclose()
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
         body = build_body(call, stream=False, flavor=self._flavor)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from omnirelay.errors import (
     ContentFilteredError,
@@ -40,6 +41,11 @@ class ErrorBody:
     code: str = ""
     type: str = ""
     retry_after_seconds: float | None = None
+
+
+def present(pairs: Iterable[tuple[str, object]]) -> dict[str, Any]:
+    """The pairs whose value is set: a request carries only what the caller asked for."""
+    return {key: value for key, value in pairs if value is not None}
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
