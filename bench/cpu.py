@@ -26,6 +26,8 @@ class CpuUse:
     # Task and steal time of the server's core(s), whoever used them.
     server_core: float
     loadgen: float
+    # A process behind the server on its core (the simulator behind omnirelay).
+    upstream: float = UNKNOWN
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +35,7 @@ class _Sample:
     wall_ns: int
     own_ns: int
     server_ticks: int
+    upstream_ticks: int
     core_busy_ticks: int
     core_total_ticks: int
 
@@ -72,8 +75,9 @@ def core_ticks(cpus: frozenset[int]) -> tuple[int, int]:
 class CpuWindow:
     """Samples at the window's start and end; `run` sleeps through the window in between."""
 
-    def __init__(self, server_pid: int) -> None:
+    def __init__(self, server_pid: int, upstream_pid: int = 0) -> None:
         self._server_pid = server_pid
+        self._upstream_pid = upstream_pid
         cpus: frozenset[int] = frozenset()
         if server_pid:
             with contextlib.suppress(OSError):
@@ -86,6 +90,7 @@ class CpuWindow:
             wall_ns=time.perf_counter_ns(),
             own_ns=time.process_time_ns(),
             server_ticks=process_ticks(self._server_pid) if self._server_pid else -1,
+            upstream_ticks=process_ticks(self._upstream_pid) if self._upstream_pid else -1,
             core_busy_ticks=busy,
             core_total_ticks=total,
         )
@@ -96,9 +101,7 @@ class CpuWindow:
         await asyncio.sleep(max(0.0, (end_ns - time.perf_counter_ns()) / 1e9))
         last = self._sample()
         wall_s = (last.wall_ns - first.wall_ns) / 1e9
-        server = UNKNOWN
-        if first.server_ticks >= 0 and last.server_ticks >= 0:
-            server = (last.server_ticks - first.server_ticks) / CLOCK_TICKS / wall_s
+        server = _share(first.server_ticks, last.server_ticks, wall_s)
         server_core = UNKNOWN
         if first.core_total_ticks >= 0 and last.core_total_ticks > first.core_total_ticks:
             # Busy over total ticks is already a share per core; scale back to "cores' worth".
@@ -107,5 +110,15 @@ class CpuWindow:
             )
             server_core = share * len(self._server_cpus)
         return CpuUse(
-            server=server, server_core=server_core, loadgen=(last.own_ns - first.own_ns) / 1e9 / wall_s
+            server=server,
+            server_core=server_core,
+            loadgen=(last.own_ns - first.own_ns) / 1e9 / wall_s,
+            upstream=_share(first.upstream_ticks, last.upstream_ticks, wall_s),
         )
+
+
+def _share(first_ticks: int, last_ticks: int, wall_s: float) -> float:
+    """A process's CPU time over the window as a share of one core; UNKNOWN when it was not read."""
+    if first_ticks < 0 or last_ticks < 0:
+        return UNKNOWN
+    return (last_ticks - first_ticks) / CLOCK_TICKS / wall_s

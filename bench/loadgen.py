@@ -2,8 +2,9 @@
 
 Each worker keeps one call in flight, so the concurrency level is the number of calls in flight.
 After a warm-up the generator measures a fixed window: the calls that completed in it with their
-latencies (and, streaming, their time to first message), and the stream messages delivered in it.
-It prints one JSON object (`LoadResult`) on stdout, which is how `bench.run` reads it.
+latencies (and, streaming, their time to first message and to first text), and the stream messages
+delivered in it. It prints one JSON object (`LoadResult`) on stdout, which is how `bench.run` reads
+it. With `--protocol http` the same is measured of the simulator's HTTP API (`bench.httpload`).
 
 Run: python -m bench.loadgen --target 127.0.0.1:PORT --mode unary --concurrency 16
 """
@@ -16,87 +17,26 @@ import gc
 import json
 import sys
 import time
-from array import array
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Final
+from dataclasses import asdict
 
 import grpc
 
+from bench import httpload
 from bench.cpu import CpuWindow
-from bench.stats import percentile
-from bench.workload import MODES, STREAM_EVENTS, stream_request, unary_request
+from bench.loadcore import (
+    PROTOCOLS,
+    Errors,
+    LoadConfig,
+    LoadResult,
+    Probe,
+    Recorder,
+    check_tokens,
+    drain,
+    result,
+)
+from bench.workload import MODEL, MODES, STREAM_EVENTS, stream_request, unary_request
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, stream_pb2, stream_pb2_grpc
-
-NS_PER_MS: Final = 1_000_000
-# Calls still in flight this long after the window are cancelled and counted as errors.
-DRAIN_TIMEOUT_S: Final = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class LoadConfig:
-    target: str
-    mode: str
-    concurrency: int
-    duration_s: float
-    warmup_s: float
-    channels: int
-    # The server's pid, to measure its CPU use over the window; 0 when unknown.
-    server_pid: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class LoadResult:
-    """One measurement. Rates and percentiles cover the window only; errors cover the whole run."""
-
-    mode: str
-    concurrency: int
-    window_s: float
-    # Calls completed in the window: the latency samples.
-    calls: int
-    errors: int
-    messages: int
-    calls_per_s: float
-    messages_per_s: float
-    latency_p50_ms: float
-    latency_p99_ms: float
-    ttfm_p50_ms: float
-    ttfm_p99_ms: float
-    # Shares of one core over the window (see bench.cpu); -1 when not measured.
-    server_cpu: float
-    server_core_busy: float
-    loadgen_cpu: float
-    # One call made before the load, to show that both targets send answers of the same size.
-    probe_messages: int
-    probe_bytes: int
-    first_error: str
-
-
-class _Recorder:
-    """One worker's figures. Arrays of int64 keep samples unboxed: no object per call is kept."""
-
-    __slots__ = ("latencies", "messages", "ttfm")
-
-    def __init__(self) -> None:
-        self.latencies = array("q")
-        self.ttfm = array("q")
-        # Fractional: see _stream_worker.
-        self.messages = 0.0
-
-
-class _Errors:
-    """Errors of all workers; the first one's text is kept for the report."""
-
-    __slots__ = ("count", "first")
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.first = ""
-
-    def add(self, detail: str) -> None:
-        self.count += 1
-        if not self.first:
-            self.first = detail
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> str:
@@ -108,11 +48,10 @@ async def _unary_worker(
     request: completion_pb2.CompleteRequest,
     start_ns: int,
     end_ns: int,
-    rec: _Recorder,
-    errors: _Errors,
+    rec: Recorder,
+    errors: Errors,
 ) -> None:
     complete = stub.Complete
-    latencies = rec.latencies
     clock = time.perf_counter_ns
     while True:
         t0 = clock()
@@ -123,10 +62,7 @@ async def _unary_worker(
         except grpc.aio.AioRpcError as exc:
             errors.add(_rpc_error(exc))
             continue
-        t1 = clock()
-        # A call counts in the window it completes in: the rate is then completions per second.
-        if t1 >= start_ns and t1 < end_ns:
-            latencies.append(t1 - t0)
+        rec.unary_done(t0, clock(), start_ns, end_ns)
 
 
 async def _stream_worker(
@@ -134,12 +70,11 @@ async def _stream_worker(
     request: stream_pb2.StreamCompleteRequest,
     start_ns: int,
     end_ns: int,
-    rec: _Recorder,
-    errors: _Errors,
+    expected: int,
+    rec: Recorder,
+    errors: Errors,
 ) -> None:
     stream_complete = stub.StreamComplete
-    latencies = rec.latencies
-    ttfm = rec.ttfm
     clock = time.perf_counter_ns
     while True:
         t0 = clock()
@@ -147,61 +82,61 @@ async def _stream_worker(
             return
         events = stream_complete(request).__aiter__()
         try:
-            # The first message is read apart so the per-message loop below carries no branch.
-            await events.__anext__()
+            # The messages up to the first text are read apart, so the per-message loop below
+            # carries no branch.
+            event = await events.__anext__()
             first = clock()
             received = 1
+            while event.WhichOneof("event") != "text_delta":
+                event = await events.__anext__()
+                received += 1
+            token = clock()
             async for _ in events:
                 received += 1
         except grpc.aio.AioRpcError as exc:
             errors.add(_rpc_error(exc))
             continue
         except StopAsyncIteration:
-            errors.add("stream ended without a message")
+            errors.add("stream ended without a text delta")
             continue
         t1 = clock()
-        if received != STREAM_EVENTS:
-            errors.add(f"stream of {received} events, expected {STREAM_EVENTS}")
+        if received != expected:
+            errors.add(f"stream of {received} events, expected {expected}")
             continue
-        # A stream's messages count for the window in proportion to the part of their delivery
-        # (first to last) inside it. Counting whole streams by completion time would be quantized:
-        # at high concurrency a stream lasts about as long as a short window, and streams started
-        # together end together.
-        lo = first if first > start_ns else start_ns
-        hi = t1 if t1 < end_ns else end_ns
-        if hi > lo:
-            rec.messages += received * (hi - lo) / (t1 - first)
-        if t1 >= start_ns and t1 < end_ns:
-            latencies.append(t1 - t0)
-            ttfm.append(first - t0)
+        rec.stream_done(t0, first, token, t1, received, start_ns, end_ns)
 
 
-async def _probe(channel: grpc.aio.Channel, mode: str) -> tuple[int, int]:
+async def _probe(channel: grpc.aio.Channel, mode: str, model: str) -> Probe:
     """One call outside the measurement: the number of messages and serialized bytes of the answer."""
     if mode == "unary":
-        response = await completion_pb2_grpc.CompletionServiceStub(channel).Complete(unary_request())
-        return 1, response.ByteSize()
-    count = size = 0
-    async for event in stream_pb2_grpc.StreamCompletionServiceStub(channel).StreamComplete(stream_request()):
+        response = await completion_pb2_grpc.CompletionServiceStub(channel).Complete(unary_request(model))
+        return Probe(1, response.ByteSize(), check_tokens(mode, response.usage.output_tokens))
+    count = size = deltas = 0
+    stub = stream_pb2_grpc.StreamCompletionServiceStub(channel)
+    async for event in stub.StreamComplete(stream_request(model)):
         count += 1
         size += event.ByteSize()
-    return count, size
+        deltas += event.WhichOneof("event") == "text_delta"
+    return Probe(count, size, check_tokens(mode, deltas))
 
 
 async def run_load(config: LoadConfig) -> LoadResult:
+    model = config.model or MODEL
     # Distinct channels share one TCP connection unless each keeps its own subchannel pool.
     options = [("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(config.target, options=options) for _ in range(config.channels)]
-    errors = _Errors()
+    errors = Errors()
+    recorders = [Recorder() for _ in range(config.concurrency)]
     try:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=10.0)
         try:
-            probe_messages, probe_bytes = await _probe(channels[0], config.mode)
+            probe = await _probe(channels[0], config.mode, model)
         except grpc.aio.AioRpcError as exc:
-            errors.add(f"probe: {_rpc_error(exc)}")
-            probe_messages = probe_bytes = 0
-        recorders = [_Recorder() for _ in range(config.concurrency)]
+            probe = Probe(0, 0, _rpc_error(exc))
+        if probe.problem:
+            errors.add(f"probe: {probe.problem}")
+        expected = config.stream_events or probe.messages
         # Set-up objects live to the end: moving them out of the collector's sight shortens its passes.
         gc.freeze()
         start_ns = time.perf_counter_ns() + int(config.warmup_s * 1e9)
@@ -211,62 +146,38 @@ async def run_load(config: LoadConfig) -> LoadResult:
             channel = channels[i % len(channels)]
             if config.mode == "unary":
                 unary_stub = completion_pb2_grpc.CompletionServiceStub(channel)
-                work = _unary_worker(unary_stub, unary_request(), start_ns, end_ns, rec, errors)
+                work = _unary_worker(unary_stub, unary_request(model), start_ns, end_ns, rec, errors)
             else:
                 stream_stub = stream_pb2_grpc.StreamCompletionServiceStub(channel)
-                work = _stream_worker(stream_stub, stream_request(), start_ns, end_ns, rec, errors)
+                request = stream_request(model)
+                work = _stream_worker(stream_stub, request, start_ns, end_ns, expected, rec, errors)
             tasks.append(asyncio.create_task(work))
-        cpu = await CpuWindow(config.server_pid).run(start_ns, end_ns)
-        _, late = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
-        for task in late:
-            task.cancel()
-            errors.add(f"a call was still in flight {DRAIN_TIMEOUT_S:.0f} s after the window")
-        for task in tasks:
-            if not task.cancelled() and (failure := task.exception()) is not None:
-                errors.add(f"worker failed: {failure!r}")
+        cpu = await CpuWindow(config.server_pid, config.upstream_pid).run(start_ns, end_ns)
+        await drain(tasks, errors)
     finally:
         for channel in channels:
             await channel.close()
-    latencies = sorted(x for rec in recorders for x in rec.latencies)
-    ttfm = sorted(x for rec in recorders for x in rec.ttfm)
-    calls = len(latencies)
-    messages = sum(rec.messages for rec in recorders) if config.mode == "stream" else float(calls)
-    # Streams: calls/s is messages/s in whole streams, as smooth as the message count; the latency
-    # percentiles stay those of the streams that completed in the window.
-    calls_per_s = (
-        messages / STREAM_EVENTS / config.duration_s if config.mode == "stream" else calls / config.duration_s
-    )
-    return LoadResult(
-        mode=config.mode,
-        concurrency=config.concurrency,
-        window_s=config.duration_s,
-        calls=calls,
-        errors=errors.count,
-        messages=round(messages),
-        calls_per_s=calls_per_s,
-        messages_per_s=messages / config.duration_s,
-        latency_p50_ms=percentile(latencies, 50) / NS_PER_MS,
-        latency_p99_ms=percentile(latencies, 99) / NS_PER_MS,
-        ttfm_p50_ms=percentile(ttfm, 50) / NS_PER_MS,
-        ttfm_p99_ms=percentile(ttfm, 99) / NS_PER_MS,
-        server_cpu=cpu.server,
-        server_core_busy=cpu.server_core,
-        loadgen_cpu=cpu.loadgen,
-        probe_messages=probe_messages,
-        probe_bytes=probe_bytes,
-        first_error=errors.first,
-    )
+    return result(config, recorders, errors, cpu, probe)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
-    parser.add_argument("--target", required=True, help="host:port")
+    parser.add_argument("--target", required=True, help="host:port (grpc) or base URL (http)")
     parser.add_argument("--mode", choices=MODES, required=True)
+    parser.add_argument("--protocol", choices=PROTOCOLS, default="grpc")
+    parser.add_argument("--model", default="", help=f"model the requests name (grpc; default {MODEL})")
+    parser.add_argument(
+        "--stream-events",
+        type=int,
+        default=STREAM_EVENTS,
+        help=f"events every stream must have; 0: as many as the probe's (default {STREAM_EVENTS})",
+    )
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured")
     parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before the window")
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--server-pid", type=int, default=0, help="measure this process's CPU use")
+    parser.add_argument("--upstream-pid", type=int, default=0, help="and this one's, behind the server")
     args = parser.parse_args(argv)
     config = LoadConfig(
         target=args.target,
@@ -276,9 +187,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         warmup_s=args.warmup,
         channels=max(1, min(args.channels, args.concurrency)),
         server_pid=args.server_pid,
+        protocol=args.protocol,
+        model=args.model,
+        stream_events=args.stream_events,
+        upstream_pid=args.upstream_pid,
     )
-    result = asyncio.run(run_load(config))
-    print(json.dumps(asdict(result)), flush=True)
+    run = run_load if config.protocol == "grpc" else httpload.run_load
+    print(json.dumps(asdict(asyncio.run(run(config)))), flush=True)
     return 0
 
 

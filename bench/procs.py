@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-# Both omnirelay ("omnirelay serving on H:P profile=...") and the echo server print such a line;
-# anchored at a line start so that a log line mentioning the address does not count.
-SERVING_LINE: Final = re.compile(rb"^[\w-]+ serving on ([^\s:]+):(\d+)", re.MULTILINE)
+# omnirelay ("omnirelay serving on H:P profile=..."), its simulator ("omnirelay sim serving on H:P")
+# and the echo server print such a line; anchored at a line start so that a log line mentioning
+# the address does not count.
+SERVING_LINE: Final = re.compile(rb"^[\w-]+(?: [\w-]+)? serving on ([^\s:]+):(\d+)", re.MULTILINE)
 POLL_S: Final = 0.05
 
 
@@ -27,6 +28,8 @@ class ServerStartError(RuntimeError):
 class ServerSpec:
     name: str
     argv: tuple[str, ...]
+    # Set in the server's environment on top of the runner's (omnirelay's settings ride in it).
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=cwd,
+            env={**os.environ, **dict(spec.env)} if spec.env else None,
             preexec_fn=pin_to(cpus),
             # Its own process group: a Ctrl-C of the runner does not reach it, stop_server does,
             # and a forced stop can reach the children it may have forked.

@@ -1,4 +1,9 @@
-"""What a run produced: the measurements, their summaries over repeats, and omnirelay / echo ratios."""
+"""What a run produced: the measurements, their summaries over repeats, and omnirelay / baseline ratios.
+
+Two scenarios, each with omnirelay and its baseline: `echo` (omnirelay's own overhead against a
+bare grpc.aio server) and `sim` (omnirelay relaying the provider simulator against a client calling
+the simulator directly).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,17 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bench.loadgen import LoadResult
+from bench.loadcore import LoadResult
 from bench.stats import Spread
 
+ECHO_SCENARIO = "echo"
+SIM_SCENARIO = "sim"
+SCENARIOS = (ECHO_SCENARIO, SIM_SCENARIO)
 BASELINE = "echo"
+# The simulator's HTTP API called without omnirelay.
+DIRECT = "direct"
 SUBJECT = "omnirelay"
+BASELINES = {ECHO_SCENARIO: BASELINE, SIM_SCENARIO: DIRECT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +32,9 @@ class RunConfig:
     concurrency: tuple[int, ...]
     channels: int
     modes: tuple[str, ...]
+    scenarios: tuple[str, ...]
+    # The simulator scenario's concurrency levels (its unary calls wait on an upstream).
+    sim_concurrency: tuple[int, ...]
     # Before each measurement, wait this long at most for other load to stop; measure a disturbed
     # measurement again this many times.
     quiet_wait_s: float
@@ -32,6 +46,7 @@ class RunConfig:
 
 @dataclass(frozen=True, slots=True)
 class Measurement:
+    scenario: str
     target: str
     mode: str
     concurrency: int
@@ -45,6 +60,7 @@ class Measurement:
 class Summary:
     """One target, mode and concurrency over its repeats."""
 
+    scenario: str
     target: str
     mode: str
     concurrency: int
@@ -55,9 +71,13 @@ class Summary:
     latency_p50_ms: Spread
     latency_p99_ms: Spread
     ttfm_p50_ms: Spread
+    ttft_p50_ms: Spread
+    ttft_p99_ms: Spread
     server_cpu: Spread
     server_core_busy: Spread
     loadgen_cpu: Spread
+    # The simulator behind omnirelay (sim scenario); -1 when there is none.
+    upstream_cpu: Spread
     errors: int
     probe_messages: int
     probe_bytes: int
@@ -65,8 +85,9 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """omnirelay's rate over echo's. The range pairs the repeats, which ran back to back."""
+    """omnirelay's rate over its baseline's. The range pairs the repeats, which ran back to back."""
 
+    scenario: str
     mode: str
     concurrency: int
     of_medians: float
@@ -78,14 +99,22 @@ def _rate(result: LoadResult) -> float:
     return result.calls_per_s if result.mode == "unary" else result.messages_per_s
 
 
+def _picked(
+    measurements: Sequence[Measurement], scenario: str, target: str, mode: str, concurrency: int
+) -> list[Measurement]:
+    key = (scenario, target, mode, concurrency)
+    return [m for m in measurements if (m.scenario, m.target, m.mode, m.concurrency) == key]
+
+
 def summarize(
-    measurements: Sequence[Measurement], target: str, mode: str, concurrency: int
+    measurements: Sequence[Measurement], scenario: str, target: str, mode: str, concurrency: int
 ) -> Summary | None:
-    picked = [m for m in measurements if (m.target, m.mode, m.concurrency) == (target, mode, concurrency)]
+    picked = _picked(measurements, scenario, target, mode, concurrency)
     results = [m.result for m in picked if m.result is not None]
     if not results:
         return None
     return Summary(
+        scenario=scenario,
         target=target,
         mode=mode,
         concurrency=concurrency,
@@ -95,33 +124,73 @@ def summarize(
         latency_p50_ms=Spread.of([r.latency_p50_ms for r in results]),
         latency_p99_ms=Spread.of([r.latency_p99_ms for r in results]),
         ttfm_p50_ms=Spread.of([r.ttfm_p50_ms for r in results]),
+        ttft_p50_ms=Spread.of([r.ttft_p50_ms for r in results]),
+        ttft_p99_ms=Spread.of([r.ttft_p99_ms for r in results]),
         server_cpu=Spread.of([r.server_cpu for r in results]),
         server_core_busy=Spread.of([r.server_core_busy for r in results]),
         loadgen_cpu=Spread.of([r.loadgen_cpu for r in results]),
+        upstream_cpu=Spread.of([r.upstream_cpu for r in results]),
         errors=sum(r.errors for r in results),
         probe_messages=results[0].probe_messages,
         probe_bytes=results[0].probe_bytes,
     )
 
 
-def ratio(measurements: Sequence[Measurement], mode: str, concurrency: int) -> Ratio | None:
+def ratio(measurements: Sequence[Measurement], scenario: str, mode: str, concurrency: int) -> Ratio | None:
     def rates(target: str) -> dict[int, float]:
-        return {
-            m.repeat: _rate(m.result)
-            for m in measurements
-            if m.result is not None and (m.target, m.mode, m.concurrency) == (target, mode, concurrency)
-        }
+        picked = _picked(measurements, scenario, target, mode, concurrency)
+        return {m.repeat: _rate(m.result) for m in picked if m.result is not None}
 
-    subject, baseline = rates(SUBJECT), rates(BASELINE)
+    subject, baseline = rates(SUBJECT), rates(BASELINES[scenario])
     if not subject or not baseline:
         return None
     median_subject = Spread.of(list(subject.values())).median
     median_baseline = Spread.of(list(baseline.values())).median
     paired = [subject[r] / baseline[r] for r in subject.keys() & baseline.keys() if baseline[r] > 0]
     return Ratio(
+        scenario=scenario,
         mode=mode,
         concurrency=concurrency,
         of_medians=median_subject / median_baseline if median_baseline > 0 else math.nan,
         low=min(paired, default=math.nan),
         high=max(paired, default=math.nan),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AddedLatency:
+    """omnirelay's latency minus the direct call's (sim scenario), of the medians over repeats.
+
+    Unary: the whole call. Streaming: the time to the first text, what a user waits for.
+    """
+
+    mode: str
+    concurrency: int
+    p50_ms: float
+    p99_ms: float
+    subject_p50_ms: float
+    baseline_p50_ms: float
+
+
+def added_latency(summaries: Sequence[Summary], mode: str, concurrency: int) -> AddedLatency | None:
+    def find(target: str) -> Summary | None:
+        key = (SIM_SCENARIO, target, mode, concurrency)
+        return next((s for s in summaries if (s.scenario, s.target, s.mode, s.concurrency) == key), None)
+
+    subject, baseline = find(SUBJECT), find(DIRECT)
+    if subject is None or baseline is None:
+        return None
+    if mode == "unary":
+        p50 = (subject.latency_p50_ms.median, baseline.latency_p50_ms.median)
+        p99 = (subject.latency_p99_ms.median, baseline.latency_p99_ms.median)
+    else:
+        p50 = (subject.ttft_p50_ms.median, baseline.ttft_p50_ms.median)
+        p99 = (subject.ttft_p99_ms.median, baseline.ttft_p99_ms.median)
+    return AddedLatency(
+        mode=mode,
+        concurrency=concurrency,
+        p50_ms=p50[0] - p50[1],
+        p99_ms=p99[0] - p99[1],
+        subject_p50_ms=p50[0],
+        baseline_p50_ms=p50[1],
     )
