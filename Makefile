@@ -57,7 +57,7 @@ lint: $(STAMP) ## ruff (lint and format check) and mypy strict
 typecheck: $(STAMP) ## mypy strict on hand-written code
 	$(VENV)/bin/mypy server/omnirelay clients/python/omnirelay_client tests bench scripts
 
-bench: $(STAMP) ## Benchmark omnirelay against a bare grpc.aio server (writes bench/results/)
+bench: $(STAMP) ## Benchmark omnirelay vs a bare grpc.aio echo and vs calling the simulator directly
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 docker: ## Build the container image

@@ -130,3 +130,11 @@ def test_missing_secrets_file_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("OMNIRELAY_SECRETS", "/nonexistent/secrets.toml")
     with pytest.raises(ConfigError, match=re.escape("OMNIRELAY_SECRETS = '/nonexistent/secrets.toml'")):
         load_settings()
+
+
+def test_token_counts_are_not_mistaken_for_secrets() -> None:
+    shown = masked(
+        {"models": {"m": {"max_output_tokens": 4096}}, "auth": {"token": "t0k3n", "client_secret": "s"}}
+    )
+    assert shown["models"]["m"]["max_output_tokens"] == 4096
+    assert shown["auth"] == {"token": "********", "client_secret": "********"}

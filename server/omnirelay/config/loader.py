@@ -76,7 +76,7 @@ def masked(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if isinstance(value, Mapping):
             out[key] = masked(value)
-        elif any(s in key.lower() for s in SECRET_KEYS) and value:
+        elif key.lower().endswith(SECRET_KEYS) and value:
             out[key] = MASK
         else:
             out[key] = value

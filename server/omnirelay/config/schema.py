@@ -34,6 +34,7 @@ OPENAI_FLAVORS = (
     "openrouter",
     "xai",
 )
+# Keys whose values are secrets (matched at the end of the name: `max_output_tokens` is not one).
 SECRET_KEYS = ("api_key", "token", "secret", "password")
 
 
@@ -104,7 +105,7 @@ class HttpProviderSettings:
     read_timeout: float = 120.0
     total_timeout: float = 600.0
     max_connections: int = 100
-    max_keepalive_connections: int = 20
+    max_keepalive_connections: int = 100
     http2: bool = False
     strict_parameters: bool = False
     headers: tuple[tuple[str, str], ...] = ()
@@ -334,7 +335,9 @@ def _http_provider(name: str, kind: str, s: _Section) -> HttpProviderSettings:
         read_timeout=s.get_float("read_timeout", 0.01, 3600.0, default=120.0),
         total_timeout=s.get_float("total_timeout", 0.01, 86_400.0, default=600.0),
         max_connections=s.get_int("max_connections", 1, 100_000, default=100),
-        max_keepalive_connections=s.get_int("max_keepalive_connections", 0, 100_000, default=20),
+        # As many idle connections as total ones: httpcore closes pooled connections beyond the
+        # keep-alive count after each request, which under load means a new TLS handshake per call.
+        max_keepalive_connections=s.get_int("max_keepalive_connections", 0, 100_000, default=100),
         http2=s.get_bool("http2", default=False),
         strict_parameters=s.get_bool("strict_parameters", default=False),
         headers=s.get_str_map("headers"),
