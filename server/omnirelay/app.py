@@ -10,14 +10,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
+from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from omnirelay.config.schema import Settings
 from omnirelay.gateway import Gateway
-from omnirelay.interceptors.edge import EdgeInterceptor, InFlight
+from omnirelay.interceptors.edge import Edge, InFlight
 from omnirelay.providers.registry import ProviderRegistry
 from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.services.completion import CompletionService
@@ -89,16 +91,25 @@ class App:
         log.info("stopped")
 
 
-def build_app(settings: Settings, *, host: str | None = None, port: int | None = None) -> App:
-    """Wire every object from settings. Call inside a running event loop (grpc.aio needs one)."""
+def _service(module: Any, name: str) -> ServiceDescriptor:
+    descriptor: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
+    return descriptor
+
+
+def build_app(
+    settings: Settings, *, host: str | None = None, port: int | None = None, reuse_port: bool = False
+) -> App:
+    """Wire every object from settings. Call inside a running event loop (grpc.aio needs one).
+
+    ``reuse_port`` is for ``serve --workers`` only: each worker binds the same port with SO_REUSEPORT.
+    """
     s = settings.server
     providers = ProviderRegistry.from_settings(settings.providers)
     catalog = ModelCatalog(settings.models, settings.presets, providers.names(), settings.default_model)
     gateway = Gateway(catalog, providers)
 
-    edge = EdgeInterceptor()
+    edge = Edge()
     server = aio.server(
-        interceptors=[edge],
         options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ("grpc.max_send_message_length", s.max_send_message_bytes),
@@ -108,13 +119,21 @@ def build_app(settings: Settings, *, host: str | None = None, port: int | None =
             ("grpc.http2.min_ping_interval_without_data_ms", min(s.keepalive_time_ms, 10_000)),
             # One process per port unless `serve --workers` asks otherwise: two servers
             # silently sharing a port by accident is worse than a bind error.
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
-    completion_pb2_grpc.add_CompletionServiceServicer_to_server(CompletionService(gateway), server)
-    stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(StreamCompletionService(gateway), server)
-    benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(BenchmarkService(), server)
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(UsageService(), server)
+    completion_pb2_grpc.add_CompletionServiceServicer_to_server(
+        edge.guard(CompletionService(gateway), _service(completion_pb2, "CompletionService")), server
+    )
+    stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(
+        edge.guard(StreamCompletionService(gateway), _service(stream_pb2, "StreamCompletionService")), server
+    )
+    benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(
+        edge.guard(BenchmarkService(), _service(benchmark_pb2, "BenchmarkService")), server
+    )
+    usage_pb2_grpc.add_UsageServiceServicer_to_server(
+        edge.guard(UsageService(), _service(usage_pb2, "UsageService")), server
+    )
     health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if s.reflection:

@@ -45,11 +45,14 @@ class Gateway:
         """The whole answer, within ``deadline`` (event-loop time; None: no deadline)."""
         started = time.perf_counter()
         provider, call, route = self._plan(request)
-        try:
-            async with asyncio.timeout_at(deadline):
-                result = await provider.complete(call)
-        except TimeoutError:
-            raise _deadline(route) from None
+        if deadline is None:
+            result = await provider.complete(call)
+        else:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    result = await provider.complete(call)
+            except TimeoutError:
+                raise _deadline(route) from None
         latency = time.perf_counter() - started
         return Completion(result, replace(route, latency_seconds=latency, ttft_seconds=latency))
 

@@ -17,7 +17,7 @@ from omnirelay.errors import (
     ShuttingDownError,
     UnavailableError,
 )
-from omnirelay.interceptors.edge import EdgeInterceptor
+from omnirelay.interceptors.edge import Edge
 from omnirelay_client import AsyncClient
 from omnirelay_client import errors as client_errors
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
@@ -35,8 +35,9 @@ class _Failing(completion_pb2_grpc.CompletionServiceServicer):
 @pytest.fixture
 async def failing() -> AsyncIterator[tuple[_Failing, AsyncClient]]:
     servicer = _Failing()  # type: ignore[abstract]  # only Complete is called
-    server = aio.server(interceptors=[EdgeInterceptor()])
-    completion_pb2_grpc.add_CompletionServiceServicer_to_server(servicer, server)
+    server = aio.server()
+    service = completion_pb2.DESCRIPTOR.services_by_name["CompletionService"]
+    completion_pb2_grpc.add_CompletionServiceServicer_to_server(Edge().guard(servicer, service), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     client = AsyncClient(f"127.0.0.1:{port}")

@@ -53,6 +53,7 @@ _VOCAB = tuple(
     ).split()
 )
 _TOKENS = tuple(" " + w for w in _VOCAB)
+_TOKEN_COUNT = len(_TOKENS)
 
 
 class LocalProvider:
@@ -74,11 +75,7 @@ class LocalProvider:
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
         choices = _plan(call, self._settings.default_output_tokens)
-        steps = 0
-        while not all(c.done for c in choices):
-            for c in choices:
-                c.step()
-            steps += 1
+        steps = max(c.run_to_end() for c in choices)
         self.tokens_generated += sum(c.tokens for c in choices)
         delay = self._ttft + steps * self._token_interval
         if delay > 0:
@@ -173,7 +170,8 @@ class _ChoiceState:
         if self.tokens >= self.limit:
             self.done, self.finish = True, self.on_limit
             return self._flush(len(self.text))
-        token = _TOKENS[self.rng.randrange(len(_TOKENS))]
+        # int(random() * n) is what Random.choices does, so run_to_end's batch draw matches.
+        token = _TOKENS[int(self.rng.random() * _TOKEN_COUNT)]
         self.text += token
         self.tokens += 1
         self.step_tokens = 1
@@ -184,6 +182,21 @@ class _ChoiceState:
         if self.tokens >= self.limit:
             self.done, self.finish = True, self.on_limit
         return self._flush(len(self.text))
+
+    def run_to_end(self) -> int:
+        """Generate the rest at once (unary calls); returns the steps a stream would have taken."""
+        if self.tool is None and not self.stop and self.logprob_rng is None and self.tokens == 0:
+            # The common case in one call instead of one step per token.
+            self.text = "".join(self.rng.choices(_TOKENS, k=self.limit))
+            self.tokens = self.limit
+            self.emitted = len(self.text)
+            self.done, self.finish = True, self.on_limit
+            return self.limit
+        steps = 0
+        while not self.done:
+            self.step()
+            steps += 1
+        return steps
 
     def _check_stop(self) -> list[StreamChunk]:
         # Search only where a new match can start: within the longest stop of the tail.

@@ -44,6 +44,10 @@ _CACHE_MODES = {
     types_pb2.CacheOptions.MODE_REFRESH: d.CacheMode.REFRESH,
     types_pb2.CacheOptions.MODE_ONLY_IF_CACHED: d.CacheMode.ONLY_IF_CACHED,
 }
+_DEFAULT_TOOL_CHOICE = d.ToolChoice()
+_DEFAULT_CACHE = d.CachePolicy()
+_DEFAULT_ROUTING = d.Routing()
+_DEFAULT_ATTRIBUTION = d.Attribution()
 _TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 MAX_STOP_SEQUENCES = 4
 MAX_CHOICES = 16
@@ -54,9 +58,12 @@ def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> 
     bad: list[FieldViolation] = []
     messages = messages_from(msg.messages, bad)
     tools = tuple(_tool(t, i, bad) for i, t in enumerate(msg.tools))
-    tool_choice = d.ToolChoice(
-        _TOOL_MODES.get(msg.tool_choice.mode, d.ToolChoiceMode.DEFAULT), msg.tool_choice.name
-    )
+    # Unset sub-messages (the common case) take the shared defaults: no per-call objects.
+    tool_choice = _DEFAULT_TOOL_CHOICE
+    if msg.HasField("tool_choice"):
+        tool_choice = d.ToolChoice(
+            _TOOL_MODES.get(msg.tool_choice.mode, d.ToolChoiceMode.DEFAULT), msg.tool_choice.name
+        )
     if tool_choice.mode is d.ToolChoiceMode.FUNCTION and tool_choice.name not in {t.name for t in tools}:
         bad.append(
             FieldViolation("tool_choice.name", f"{tool_choice.name!r} is not one of the declared tools")
@@ -64,10 +71,9 @@ def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> 
     if tool_choice.mode in (d.ToolChoiceMode.REQUIRED, d.ToolChoiceMode.FUNCTION) and not tools:
         bad.append(FieldViolation("tool_choice.mode", "requires at least one tool in `tools`"))
     sampling = _sampling(msg.sampling, bad) if msg.HasField("sampling") else d.Sampling()
-    cache = _cache(msg.cache, bad)
+    cache = _cache(msg.cache, bad) if msg.HasField("cache") else _DEFAULT_CACHE
     if bad:
         raise InvalidArgumentError(bad)
-    routing = msg.routing
     return d.CompletionRequest(
         model=msg.model,
         messages=messages,
@@ -75,21 +81,25 @@ def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> 
         tool_choice=tool_choice,
         sampling=sampling,
         preset=msg.preset,
-        routing=d.Routing(
-            allow_fallback=routing.allow_fallback if routing.HasField("allow_fallback") else None,
-            fallback_models=tuple(routing.fallback_models),
-            strategy=types_pb2.RoutingOptions.Strategy.Name(routing.strategy),
-            sticky_key=routing.sticky_key,
-            strict_parameters=routing.strict_parameters,
-        ),
+        routing=_routing(msg.routing) if msg.HasField("routing") else _DEFAULT_ROUTING,
         cache=cache,
-        attribution=d.Attribution(
-            project=msg.attribution.project,
-            user=msg.attribution.user,
-            tags=tuple(sorted(msg.attribution.tags.items())),
-        ),
+        attribution=_attribution(msg.attribution) if msg.HasField("attribution") else _DEFAULT_ATTRIBUTION,
         request_id=request_id,
     )
+
+
+def _routing(routing: types_pb2.RoutingOptions) -> d.Routing:
+    return d.Routing(
+        allow_fallback=routing.allow_fallback if routing.HasField("allow_fallback") else None,
+        fallback_models=tuple(routing.fallback_models),
+        strategy=types_pb2.RoutingOptions.Strategy.Name(routing.strategy),
+        sticky_key=routing.sticky_key,
+        strict_parameters=routing.strict_parameters,
+    )
+
+
+def _attribution(a: types_pb2.Attribution) -> d.Attribution:
+    return d.Attribution(project=a.project, user=a.user, tags=tuple(sorted(a.tags.items())))
 
 
 def messages_from(items: Any, bad: list[FieldViolation], *, required: bool = True) -> tuple[d.Message, ...]:
@@ -137,49 +147,56 @@ def _tool(t: types_pb2.Tool, i: int, bad: list[FieldViolation]) -> d.ToolSpec:
     return d.ToolSpec(t.name, t.description, params, t.strict)
 
 
+# Bounds of the sampling fields: (low, high, low end open?) for floats, (low, high or None) for ints.
+_FLOAT_BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "temperature": (0.0, 2.0, False),
+    "top_p": (0.0, 1.0, True),
+    "presence_penalty": (-2.0, 2.0, False),
+    "frequency_penalty": (-2.0, 2.0, False),
+}
+_INT_BOUNDS: dict[str, tuple[int, int | None]] = {
+    "top_k": (1, None),
+    "max_tokens": (1, None),
+    "n": (1, MAX_CHOICES),
+    "top_logprobs": (0, 20),
+}
+
+
 def _sampling(s: types_pb2.SamplingParams, bad: list[FieldViolation]) -> d.Sampling:
-    def ranged(name: str, lo: float, hi: float, low_open: bool = False) -> float | None:
-        if not s.HasField(name):  # type: ignore[arg-type]
-            return None
-        value: float = getattr(s, name)
-        ok = math.isfinite(value) and (lo < value if low_open else lo <= value) and value <= hi
-        if not ok:
-            bracket = "(" if low_open else "["
-            bad.append(
-                FieldViolation(f"sampling.{name}", f"must be in {bracket}{lo:g}, {hi:g}], got {value:g}")
-            )
-        return value
-
-    def at_least(name: str, lo: int, hi: int | None = None) -> int | None:
-        if not s.HasField(name):  # type: ignore[arg-type]
-            return None
-        value: int = getattr(s, name)
-        if value < lo or (hi is not None and value > hi):
-            allowed = f"from {lo} to {hi}" if hi is not None else f">= {lo}"
-            bad.append(FieldViolation(f"sampling.{name}", f"must be {allowed}, got {value}"))
-        return value
-
-    stop = tuple(s.stop)
-    if len(stop) > MAX_STOP_SEQUENCES:
-        bad.append(
-            FieldViolation("sampling.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stop)}")
-        )
-    if any(not x for x in stop):
-        bad.append(FieldViolation("sampling.stop", "stop sequences must not be empty"))
-    return d.Sampling(
-        temperature=ranged("temperature", 0.0, 2.0),
-        top_p=ranged("top_p", 0.0, 1.0, low_open=True),
-        top_k=at_least("top_k", 1),
-        max_tokens=at_least("max_tokens", 1),
-        stop=stop,
-        seed=s.seed if s.HasField("seed") else None,
-        n=at_least("n", 1, MAX_CHOICES),
-        presence_penalty=ranged("presence_penalty", -2.0, 2.0),
-        frequency_penalty=ranged("frequency_penalty", -2.0, 2.0),
-        response_format=_format(s.response_format, bad) if s.HasField("response_format") else None,
-        logprobs=s.logprobs if s.HasField("logprobs") else None,
-        top_logprobs=at_least("top_logprobs", 0, 20),
-    )
+    # ListFields yields only the fields the caller set: a typical request sets one or two.
+    values: dict[str, Any] = {}
+    for field, value in s.ListFields():
+        name = field.name
+        if name in _FLOAT_BOUNDS:
+            lo, hi, low_open = _FLOAT_BOUNDS[name]
+            if not (math.isfinite(value) and (lo < value if low_open else lo <= value) and value <= hi):
+                bracket = "(" if low_open else "["
+                bad.append(
+                    FieldViolation(f"sampling.{name}", f"must be in {bracket}{lo:g}, {hi:g}], got {value:g}")
+                )
+            values[name] = value
+        elif name in _INT_BOUNDS:
+            low, high = _INT_BOUNDS[name]
+            if value < low or (high is not None and value > high):
+                allowed = f"from {low} to {high}" if high is not None else f">= {low}"
+                bad.append(FieldViolation(f"sampling.{name}", f"must be {allowed}, got {value}"))
+            values[name] = value
+        elif name == "stop":
+            stop = tuple(value)
+            if len(stop) > MAX_STOP_SEQUENCES:
+                bad.append(
+                    FieldViolation(
+                        "sampling.stop", f"at most {MAX_STOP_SEQUENCES} stop sequences, got {len(stop)}"
+                    )
+                )
+            if any(not x for x in stop):
+                bad.append(FieldViolation("sampling.stop", "stop sequences must not be empty"))
+            values["stop"] = stop
+        elif name == "response_format":
+            values[name] = _format(value, bad)
+        else:  # seed, logprobs: any value is valid
+            values[name] = value
+    return d.Sampling(**values)
 
 
 def _format(f: types_pb2.ResponseFormat, bad: list[FieldViolation]) -> d.ResponseFormat:
