@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="address to bind (default: server.host)")
     serve.add_argument("--port", type=int, help="port to bind; 0 picks a free one (default: server.port)")
     serve.add_argument("--profile", help="settings profile (default: $OMNIRELAY_ENV or development)")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes sharing the port (SO_REUSEPORT), kept by a supervising parent (default: 1)",
+    )
+    # Internal: set by the --workers parent on each worker it starts (see omnirelay.workers).
+    serve.add_argument("--supervised-fd", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_serve)
 
     config = sub.add_parser("config", help="validate or show the settings")
@@ -86,16 +94,30 @@ def _serve(args: argparse.Namespace) -> int:
     if args.port is not None and not 0 <= args.port <= 65535:
         print(f"config error: --port = {args.port}: expected an integer from 0 to 65535", file=sys.stderr)
         return EXIT_CONFIG
-    return asyncio.run(_run_server(settings, args.host, args.port))
+    if args.workers < 1:
+        print(f"config error: --workers = {args.workers}: expected an integer of at least 1", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.workers > 1:
+        from omnirelay import workers
+        from omnirelay.telemetry import logs
+
+        logs.configure(settings.logging)
+        host = args.host if args.host is not None else settings.server.host
+        port = args.port if args.port is not None else settings.server.port
+        return workers.supervise(settings, host, port, args.workers)
+    return asyncio.run(_run_server(settings, args.host, args.port, args.supervised_fd))
 
 
-async def _run_server(settings: Settings, host: str | None, port: int | None) -> int:
+async def _run_server(
+    settings: Settings, host: str | None, port: int | None, supervised_fd: int | None
+) -> int:
     from omnirelay.app import build_app
     from omnirelay.telemetry import logs
 
     logs.configure(settings.logging)
     try:
-        app = build_app(settings, host=host, port=port)
+        # A supervised worker shares its port with its siblings; anything else must own its port.
+        app = build_app(settings, host=host, port=port, reuse_port=supervised_fd is not None)
     except RuntimeError as exc:
         print(f"omnirelay: cannot listen on {host or settings.server.host}:{port}: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -104,7 +126,13 @@ async def _run_server(settings: Settings, host: str | None, port: int | None) ->
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
-    print(f"omnirelay serving on {app.address} profile={settings.profile}", flush=True)
+    if supervised_fd is None:
+        print(f"omnirelay serving on {app.address} profile={settings.profile}", flush=True)
+    else:
+        from omnirelay import workers
+
+        # The parent prints the one serving line once every worker is ready.
+        workers.report_ready(supervised_fd, loop, stop.set)
     await stop.wait()
     await app.shutdown()
     return 0
