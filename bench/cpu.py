@@ -51,6 +51,37 @@ def process_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def tree_ticks(pid: int) -> int:
+    """utime + stime of a process and all its live descendants (a server and its workers); -1 if gone.
+
+    Workers' time does not show in their parent's figures until they exit (and are waited for), so
+    a server of several processes is measured as the sum of its tree.
+    """
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return -1
+    for other in pids:
+        try:
+            with open(f"/proc/{other}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # After the command: state, ppid, ..., utime (12th field), stime (13th).
+        children.setdefault(int(fields[1]), []).append(other)
+        ticks[other] = int(fields[11]) + int(fields[12])
+    if pid not in ticks:
+        return -1
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += ticks.get(current, 0)
+        todo += children.get(current, [])
+    return total
+
+
 def core_ticks(cpus: frozenset[int]) -> tuple[int, int]:
     """Busy and total clock ticks of these CPUs since boot; (-1, -1) when /proc/stat cannot be read."""
     names = {f"cpu{cpu}" for cpu in cpus}
@@ -73,23 +104,27 @@ def core_ticks(cpus: frozenset[int]) -> tuple[int, int]:
 
 
 class CpuWindow:
-    """Samples at the window's start and end; `run` sleeps through the window in between."""
+    """Samples at the window's start and end: `run` sleeps through a scheduled window, or `begin`
+    and `end` bracket one whose end is not known in advance."""
 
-    def __init__(self, server_pid: int, upstream_pid: int = 0) -> None:
+    def __init__(self, server_pid: int, upstream_pid: int = 0, server_tree: bool = False) -> None:
         self._server_pid = server_pid
         self._upstream_pid = upstream_pid
+        # The server is a parent of workers: measure it with its descendants.
+        self._server_ticks = tree_ticks if server_tree else process_ticks
         cpus: frozenset[int] = frozenset()
         if server_pid:
             with contextlib.suppress(OSError):
                 cpus = frozenset(os.sched_getaffinity(server_pid))
         self._server_cpus = cpus
+        self._first: _Sample | None = None
 
     def _sample(self) -> _Sample:
         busy, total = core_ticks(self._server_cpus) if self._server_cpus else (-1, -1)
         return _Sample(
             wall_ns=time.perf_counter_ns(),
             own_ns=time.process_time_ns(),
-            server_ticks=process_ticks(self._server_pid) if self._server_pid else -1,
+            server_ticks=self._server_ticks(self._server_pid) if self._server_pid else -1,
             upstream_ticks=process_ticks(self._upstream_pid) if self._upstream_pid else -1,
             core_busy_ticks=busy,
             core_total_ticks=total,
@@ -97,9 +132,18 @@ class CpuWindow:
 
     async def run(self, start_ns: int, end_ns: int) -> CpuUse:
         await asyncio.sleep(max(0.0, (start_ns - time.perf_counter_ns()) / 1e9))
-        first = self._sample()
+        self.begin()
         await asyncio.sleep(max(0.0, (end_ns - time.perf_counter_ns()) / 1e9))
-        last = self._sample()
+        return self.end()
+
+    def begin(self) -> None:
+        self._first = self._sample()
+
+    def end(self) -> CpuUse:
+        """CPU use since `begin`."""
+        first, last = self._first, self._sample()
+        if first is None:
+            raise RuntimeError("CpuWindow.end before begin")
         wall_s = (last.wall_ns - first.wall_ns) / 1e9
         server = _share(first.server_ticks, last.server_ticks, wall_s)
         server_core = UNKNOWN

@@ -43,6 +43,8 @@ class LoadConfig:
     stream_events: int = STREAM_EVENTS
     # A process behind the server on the same core (the simulator behind omnirelay); 0 when none.
     upstream_pid: int = 0
+    # The server is a parent of workers: its CPU is that of the process and its descendants.
+    server_tree: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -152,7 +152,9 @@ async def run_load(config: LoadConfig) -> LoadResult:
                 request = stream_request(model)
                 work = _stream_worker(stream_stub, request, start_ns, end_ns, expected, rec, errors)
             tasks.append(asyncio.create_task(work))
-        cpu = await CpuWindow(config.server_pid, config.upstream_pid).run(start_ns, end_ns)
+        cpu = await CpuWindow(config.server_pid, config.upstream_pid, config.server_tree).run(
+            start_ns, end_ns
+        )
         await drain(tasks, errors)
     finally:
         for channel in channels:
@@ -178,6 +180,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, default=4)
     parser.add_argument("--server-pid", type=int, default=0, help="measure this process's CPU use")
     parser.add_argument("--upstream-pid", type=int, default=0, help="and this one's, behind the server")
+    parser.add_argument(
+        "--server-tree", action="store_true", help="measure the server with its child processes (workers)"
+    )
     args = parser.parse_args(argv)
     config = LoadConfig(
         target=args.target,
@@ -191,6 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model,
         stream_events=args.stream_events,
         upstream_pid=args.upstream_pid,
+        server_tree=args.server_tree,
     )
     run = run_load if config.protocol == "grpc" else httpload.run_load
     print(json.dumps(asdict(asyncio.run(run(config)))), flush=True)

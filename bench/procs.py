@@ -68,12 +68,18 @@ def _log_tail(path: Path, lines: int = 20) -> str:
 
 
 def start_server(
-    spec: ServerSpec, log_path: Path, cpus: frozenset[int] | None, timeout_s: float, cwd: Path
+    spec: ServerSpec,
+    log_path: Path,
+    cpus: frozenset[int] | None,
+    timeout_s: float,
+    cwd: Path,
+    poll_s: float = POLL_S,
 ) -> RunningServer:
     """Start the server and return once it prints its serving line; stop it again on any failure.
 
     Its output goes to a file, not a pipe: a server that logs every call would block on a full pipe
-    nobody reads during the measurement.
+    nobody reads during the measurement. `poll_s`: how often the log is read for that line (the
+    start scenario times it).
     """
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -104,7 +110,7 @@ def start_server(
                 raise ServerStartError(
                     f"{spec.name} printed no serving line within {timeout_s:.0f} s:\n{_log_tail(log_path)}"
                 )
-            time.sleep(POLL_S)
+            time.sleep(poll_s)
     except BaseException:
         _stop(spec.name, process, grace_s=5.0)
         raise

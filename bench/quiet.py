@@ -41,3 +41,25 @@ def wait_for_quiet(threshold: float, max_wait_s: float) -> float:
     while busy >= threshold and time.monotonic() < deadline:
         busy = machine_busy()
     return busy
+
+
+class Patience:
+    """Seconds a run may still spend beyond its plan: waiting for a quiet machine, measuring again.
+
+    On a machine others use, each measurement could otherwise wait and retry up to its own limit,
+    and a busy hour would stretch the run by as much; with a budget the run's length stays bounded
+    and what could not be measured quietly is flagged instead.
+    """
+
+    def __init__(self, budget_s: float) -> None:
+        self.left = budget_s
+
+    def spend(self, seconds: float) -> None:
+        self.left = max(0.0, self.left - seconds)
+
+    def wait_for_quiet(self, threshold: float, max_wait_s: float) -> float:
+        """`wait_for_quiet` within what is left; the first sample is part of the plan, not spent."""
+        started = time.monotonic()
+        busy = wait_for_quiet(threshold, min(max_wait_s, self.left))
+        self.spend(time.monotonic() - started - SAMPLE_S)
+        return busy

@@ -8,19 +8,27 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from bench.machine import MachineFacts
+from bench.markdown import cell, number, signed_ms, table
+from bench.outcome import HoldMeasurement, StartupSample
 from bench.procs import StopOutcome
 from bench.results import (
+    BASELINES,
     DIRECT,
     ECHO_SCENARIO,
+    RELAY,
     SIM_SCENARIO,
+    START_SCENARIO,
+    STREAMS_SCENARIO,
     SUBJECT,
+    WORKERS_SCENARIO,
     AddedLatency,
     Measurement,
     Ratio,
     RunConfig,
     Summary,
 )
-from bench.stats import Spread
+from bench.sections import start_section, streams_section, workers_section
+from bench.targets import Goal, goal_lines, goals_table
 from bench.workload import STREAM_EVENTS, STREAM_MAX_TOKENS, UNARY_MAX_TOKENS, sim_model
 
 
@@ -34,11 +42,18 @@ class Report:
     measurements: Sequence[Measurement]
     summaries: Sequence[Summary]
     ratios: Sequence[Ratio]
-    # The sim scenario's latency of omnirelay over the direct call.
+    # The sim scenario's latency of omnirelay over the relay's and over the direct call's.
     added_latencies: Sequence[AddedLatency]
+    holds: Sequence[HoldMeasurement]
+    startups: Sequence[StartupSample]
+    # Why a scenario was not measured, by scenario.
+    skipped: dict[str, str]
+    goals: Sequence[Goal]
     failures: Sequence[str]
     # Measurements whose figures are suspect though nothing failed (a busy machine).
     warnings: Sequence[str]
+    # From the start of the run to the report.
+    wall_s: float
 
 
 def _finite(value: object) -> object:
@@ -56,52 +71,40 @@ def to_json(report: Report) -> str:
     return json.dumps(_finite(asdict(report)), indent=2) + "\n"
 
 
-def _number(value: float) -> str:
-    if not math.isfinite(value):
-        return "n/a"
-    if value >= 100:
-        return f"{value:.0f}"
-    return f"{value:.2f}" if value < 10 else f"{value:.1f}"
-
-
-def _percent(value: float) -> str:
-    return f"{value * 100:.0f}%" if math.isfinite(value) and value >= 0 else "n/a"
-
-
-def _ms(value: float) -> str:
-    """A latency difference: two decimals and a sign, whatever its size (it may be negative)."""
-    return f"{value:+.2f}" if math.isfinite(value) else "n/a"
-
-
-def _cell(spread: Spread, fmt: str = "number") -> str:
-    show = _percent if fmt == "percent" else _number
-    if spread.low == spread.high or not math.isfinite(spread.low):
-        return show(spread.median)
-    return f"{show(spread.median)} [{show(spread.low)}-{show(spread.high)}]"
-
-
-def _table(header: Sequence[str], align: str, rows: Sequence[Sequence[str]]) -> list[str]:
-    """`align` has one letter per column: l(eft) or r(ight)."""
-    rule = ["---:" if a == "r" else "---" for a in align]
-    return [f"| {' | '.join(cells)} |" for cells in (header, rule, *rows)]
+def _ratio_name(r: Ratio) -> str:
+    if r.scenario == SIM_SCENARIO:
+        # `relay_` (omnirelay over the direct client) keeps the name it had before the bare relay.
+        return f"{'relay_' if r.baseline == DIRECT else 'vs_relay_'}{r.mode}"
+    if r.scenario == WORKERS_SCENARIO:
+        return f"workers_2_vs_1_{r.mode}"
+    return r.mode
 
 
 def ratio_lines(ratios: Sequence[Ratio]) -> list[str]:
-    """Lines a script can grep for: `RATIO unary c=64: 0.42`, `RATIO relay_stream c=64: 0.35`."""
-    return [
-        f"RATIO {'relay_' if r.scenario == SIM_SCENARIO else ''}{r.mode} c={r.concurrency}: "
-        f"{_number(r.of_medians)}"
-        for r in ratios
-    ]
+    """Lines a script can grep for: `RATIO unary c=64: 0.42` (omnirelay / echo), `RATIO vs_relay_unary
+    c=1: 0.8` (omnirelay / bare relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client),
+    `RATIO workers_2_vs_1_unary c=64: 1.6`."""
+    return [f"RATIO {_ratio_name(r)} c={r.concurrency}: {number(r.of_medians)}" for r in ratios]
 
 
 def added_latency_lines(added: Sequence[AddedLatency]) -> list[str]:
-    """Lines a script can grep for: `ADDED_LATENCY c=64 p50_ms=0.85 p99_ms=2.10` (unary calls)."""
+    """Lines a script can grep for (unary calls): `ADDED_LATENCY_VS_RELAY c=1 p50_ms=0.25 p99_ms=0.80`
+    (omnirelay - bare relay) and `ADDED_LATENCY c=1 p50_ms=0.85 p99_ms=2.10` (omnirelay - direct)."""
     return [
-        f"ADDED_LATENCY c={a.concurrency} p50_ms={a.p50_ms:.2f} p99_ms={a.p99_ms:.2f}"
-        for a in added
+        f"ADDED_LATENCY{'_VS_RELAY' if a.baseline == RELAY else ''} c={a.concurrency} "
+        f"p50_ms={a.p50_ms:.2f} p99_ms={a.p99_ms:.2f}"
+        for a in sorted(added, key=lambda a: a.baseline != RELAY)
         if a.mode == "unary"
     ]
+
+
+def _stops(stops: Sequence[StopOutcome]) -> str:
+    """`name exit 0`, once per distinct outcome (the start scenario starts omnirelay several times)."""
+    counts: dict[str, int] = {}
+    for s in stops:
+        text = f"{s.name} exit {s.returncode}{' (killed after SIGTERM timed out)' if s.killed else ''}"
+        counts[text] = counts.get(text, 0) + 1
+    return ", ".join(f"{text} (x{n})" if n > 1 else text for text, n in counts.items())
 
 
 def _header(report: Report) -> list[str]:
@@ -112,17 +115,16 @@ def _header(report: Report) -> list[str]:
         if config.server_cpus
         else "not pinned (fewer than 2 cores)"
     )
-    stops = ", ".join(
-        f"{s.name} exit {s.returncode}{' (killed after SIGTERM timed out)' if s.killed else ''}"
-        for s in report.stops
-    )
+    stops = _stops(report.stops)
     levels = f"concurrency {','.join(map(str, config.concurrency))}"
     if SIM_SCENARIO in config.scenarios:
         levels += f" (sim: {','.join(map(str, config.sim_concurrency))})"
+    if WORKERS_SCENARIO in config.scenarios:
+        levels += f" (workers: {config.workers_concurrency} over {config.workers_channels} channels)"
     return [
         f"# omnirelay benchmark, {report.started_utc}",
         "",
-        *_table(
+        *table(
             ("", ""),
             "ll",
             [
@@ -136,9 +138,11 @@ def _header(report: Report) -> list[str]:
                     f"{config.duration_s:g} s per measurement after {config.warmup_s:g} s of warm-up; "
                     f"{config.repeats} repeat(s), targets interleaved; {config.channels} channels; "
                     f"each after up to {config.quiet_wait_s:g} s of waiting for a quiet machine, "
-                    f"measured again up to {config.retries} time(s) when other load disturbed it",
+                    f"measured again up to {config.retries} time(s) when other load disturbed it, "
+                    f"{config.patience_s:g} s of waiting and measuring again in all",
                 ),
                 ("servers", stops or "none started"),
+                ("wall time", f"{round(report.wall_s) // 60} min {round(report.wall_s) % 60} s"),
             ],
         ),
         "",
@@ -150,15 +154,15 @@ def _header(report: Report) -> list[str]:
 
 
 def _ratio_table(ratios: Sequence[Ratio]) -> list[str]:
-    return _table(
+    return table(
         ("mode", "c", "ratio of medians", "per-repeat range"),
         "lrrr",
         [
             (
                 r.mode,
                 str(r.concurrency),
-                _number(r.of_medians),
-                f"{_number(r.low)}-{_number(r.high)}" if r.low != r.high else _number(r.low),
+                number(r.of_medians),
+                f"{number(r.low)}-{number(r.high)}" if r.low != r.high else number(r.low),
             )
             for r in ratios
         ],
@@ -169,7 +173,7 @@ def _sizes_table(summaries: Sequence[Summary]) -> list[str]:
     sizes: dict[str, dict[str, Summary]] = {}
     for s in summaries:
         sizes.setdefault(s.target, {}).setdefault(s.mode, s)
-    return _table(
+    return table(
         ("target", "unary bytes", "stream events", "stream bytes"),
         "lrrr",
         [
@@ -191,7 +195,7 @@ def _echo_sections(report: Report) -> list[str]:
     out: list[str] = []
     if "unary" in by_mode:
         out += ["", f"## Unary `Complete` (max_tokens {UNARY_MAX_TOKENS})", ""]
-        out += _table(
+        out += table(
             (
                 "target",
                 "c",
@@ -208,13 +212,13 @@ def _echo_sections(report: Report) -> list[str]:
                 (
                     s.target,
                     str(s.concurrency),
-                    _cell(s.rate),
-                    _cell(s.latency_p50_ms),
-                    _cell(s.latency_p99_ms),
+                    cell(s.rate),
+                    cell(s.latency_p50_ms),
+                    cell(s.latency_p99_ms),
                     str(s.errors),
-                    _cell(s.server_cpu, "percent"),
-                    _cell(s.server_core_busy, "percent"),
-                    _cell(s.loadgen_cpu, "percent"),
+                    cell(s.server_cpu, "percent"),
+                    cell(s.server_core_busy, "percent"),
+                    cell(s.loadgen_cpu, "percent"),
                 )
                 for s in by_mode["unary"]
             ],
@@ -225,7 +229,7 @@ def _echo_sections(report: Report) -> list[str]:
             f"## Streaming `StreamComplete` (max_tokens {STREAM_MAX_TOKENS}: {STREAM_EVENTS} events)",
             "",
         ]
-        out += _table(
+        out += table(
             (
                 "target",
                 "c",
@@ -244,15 +248,15 @@ def _echo_sections(report: Report) -> list[str]:
                 (
                     s.target,
                     str(s.concurrency),
-                    _cell(s.rate),
-                    _cell(s.calls_per_s),
-                    _cell(s.latency_p50_ms),
-                    _cell(s.latency_p99_ms),
-                    _cell(s.ttfm_p50_ms),
+                    cell(s.rate),
+                    cell(s.calls_per_s),
+                    cell(s.latency_p50_ms),
+                    cell(s.latency_p99_ms),
+                    cell(s.ttfm_p50_ms),
                     str(s.errors),
-                    _cell(s.server_cpu, "percent"),
-                    _cell(s.server_core_busy, "percent"),
-                    _cell(s.loadgen_cpu, "percent"),
+                    cell(s.server_cpu, "percent"),
+                    cell(s.server_core_busy, "percent"),
+                    cell(s.loadgen_cpu, "percent"),
                 )
                 for s in by_mode["stream"]
             ],
@@ -267,10 +271,11 @@ def _echo_sections(report: Report) -> list[str]:
 
 
 def _sim_cpu(s: Summary) -> tuple[str, str]:
-    """omnirelay's and the simulator's CPU: the direct target's server is the simulator itself."""
-    if s.target == SUBJECT:
-        return _cell(s.server_cpu, "percent"), _cell(s.upstream_cpu, "percent")
-    return "n/a", _cell(s.server_cpu, "percent")
+    """The relay's (omnirelay's or the bare one's) and the simulator's CPU: the direct target's
+    server is the simulator itself."""
+    if s.target != DIRECT:
+        return cell(s.server_cpu, "percent"), cell(s.upstream_cpu, "percent")
+    return "n/a", cell(s.server_cpu, "percent")
 
 
 def _sim_sections(report: Report) -> list[str]:
@@ -283,17 +288,19 @@ def _sim_sections(report: Report) -> list[str]:
         "",
         f"`{SUBJECT}`: `Complete` / `StreamComplete` over gRPC for `sim/{sim_model('unary')}` "
         f"(`sim/{sim_model('stream')}` streaming), relayed by omnirelay's OpenAI adapter to "
-        f"`omnirelay sim`. `{DIRECT}`: the load generator posting the same Chat Completions request "
-        "to the simulator with httpx (one client and connection per worker), decoding the JSON answer "
-        "or each SSE event. The simulator shares the servers' CPU with omnirelay: each target has one "
-        "core for everything behind the client, the load generator the other. At c=1 the added "
-        "latency is omnirelay's own time per call; at high c it is mostly queueing behind omnirelay's "
-        "CPU cost, and the direct figures are often the load generator's limit (see loadgen CPU). "
+        f"`omnirelay sim`. `{RELAY}`: a bare grpc.aio relay (bench/relay_server.py) answering the same "
+        "calls with the same messages through one pooled httpx client, with no gateway logic: the "
+        "floor for relaying over gRPC in Python, and the baseline omnirelay is judged against. "
+        f"`{DIRECT}`: the load generator posting the same Chat Completions request to the simulator "
+        "with httpx (one client and connection per worker), decoding the JSON answer or each SSE "
+        "event. The simulator shares the servers' CPU with the relays: each target has one core for "
+        "everything behind the client, the load generator the other. At c=1 the added latency is "
+        "omnirelay's own time per call; at high c it is mostly queueing behind omnirelay's CPU cost. "
         "The simulator's record is emptied before each measurement.",
     ]
     if "unary" in by_mode:
         out += ["", f"### Unary (max_tokens {UNARY_MAX_TOKENS})", ""]
-        out += _table(
+        out += table(
             (
                 "target",
                 "c",
@@ -301,7 +308,7 @@ def _sim_sections(report: Report) -> list[str]:
                 "p50 ms",
                 "p99 ms",
                 "errors",
-                "omnirelay CPU",
+                "relay CPU",
                 "sim CPU",
                 "server core busy",
                 "loadgen CPU",
@@ -311,13 +318,13 @@ def _sim_sections(report: Report) -> list[str]:
                 (
                     s.target,
                     str(s.concurrency),
-                    _cell(s.rate),
-                    _cell(s.latency_p50_ms),
-                    _cell(s.latency_p99_ms),
+                    cell(s.rate),
+                    cell(s.latency_p50_ms),
+                    cell(s.latency_p99_ms),
                     str(s.errors),
                     *_sim_cpu(s),
-                    _cell(s.server_core_busy, "percent"),
-                    _cell(s.loadgen_cpu, "percent"),
+                    cell(s.server_core_busy, "percent"),
+                    cell(s.loadgen_cpu, "percent"),
                 )
                 for s in by_mode["unary"]
             ],
@@ -329,7 +336,7 @@ def _sim_sections(report: Report) -> list[str]:
             "events per stream under Answer sizes)",
             "",
         ]
-        out += _table(
+        out += table(
             (
                 "target",
                 "c",
@@ -341,7 +348,7 @@ def _sim_sections(report: Report) -> list[str]:
                 "first text p50 ms",
                 "first text p99 ms",
                 "errors",
-                "omnirelay CPU",
+                "relay CPU",
                 "sim CPU",
                 "server core busy",
                 "loadgen CPU",
@@ -351,46 +358,57 @@ def _sim_sections(report: Report) -> list[str]:
                 (
                     s.target,
                     str(s.concurrency),
-                    _cell(s.rate),
-                    _cell(s.calls_per_s),
-                    _cell(s.latency_p50_ms),
-                    _cell(s.latency_p99_ms),
-                    _cell(s.ttfm_p50_ms),
-                    _cell(s.ttft_p50_ms),
-                    _cell(s.ttft_p99_ms),
+                    cell(s.rate),
+                    cell(s.calls_per_s),
+                    cell(s.latency_p50_ms),
+                    cell(s.latency_p99_ms),
+                    cell(s.ttfm_p50_ms),
+                    cell(s.ttft_p50_ms),
+                    cell(s.ttft_p99_ms),
                     str(s.errors),
                     *_sim_cpu(s),
-                    _cell(s.server_core_busy, "percent"),
-                    _cell(s.loadgen_cpu, "percent"),
+                    cell(s.server_core_busy, "percent"),
+                    cell(s.loadgen_cpu, "percent"),
                 )
                 for s in by_mode["stream"]
             ],
         )
     if report.added_latencies:
-        out += ["", f"### Added latency ({SUBJECT} - {DIRECT}, of the medians over repeats)", ""]
-        out += _table(
-            ("mode", "c", "of", f"{SUBJECT} p50 ms", f"{DIRECT} p50 ms", "added p50 ms", "added p99 ms"),
-            "lrlrrrr",
+        out += ["", f"### Added latency ({SUBJECT} - baseline, of the medians over repeats)", ""]
+        out += table(
+            (
+                "baseline",
+                "mode",
+                "c",
+                "of",
+                f"{SUBJECT} p50 ms",
+                "baseline p50 ms",
+                "added p50 ms",
+                "added p99 ms",
+            ),
+            "llrlrrrr",
             [
                 (
+                    a.baseline,
                     a.mode,
                     str(a.concurrency),
                     "whole call" if a.mode == "unary" else "first text",
-                    _number(a.subject_p50_ms),
-                    _number(a.baseline_p50_ms),
-                    _ms(a.p50_ms),
-                    _ms(a.p99_ms),
+                    number(a.subject_p50_ms),
+                    number(a.baseline_p50_ms),
+                    signed_ms(a.p50_ms),
+                    signed_ms(a.p99_ms),
                 )
                 for a in report.added_latencies
             ],
         )
-    if ratios:
-        out += ["", f"### {SUBJECT} / {DIRECT} (calls/s unary, messages/s streaming)", ""]
-        out += _ratio_table(ratios)
+    for baseline in BASELINES[SIM_SCENARIO]:
+        if against := [r for r in ratios if r.baseline == baseline]:
+            out += ["", f"### {SUBJECT} / {baseline} (calls/s unary, messages/s streaming)", ""]
+            out += _ratio_table(against)
     if summaries:
         out += [
             "",
-            f"### Answer sizes (one call: {SUBJECT} serialized protobuf, {DIRECT} HTTP body; "
+            f"### Answer sizes (one call: {SUBJECT} and {RELAY} serialized protobuf, {DIRECT} HTTP body; "
             "stream events: gRPC messages or SSE data lines, [DONE] included)",
             "",
         ]
@@ -400,10 +418,22 @@ def _sim_sections(report: Report) -> list[str]:
 
 def to_markdown(report: Report) -> str:
     out = _header(report)
-    if ECHO_SCENARIO in report.config.scenarios:
+    scenarios = report.config.scenarios
+    if ECHO_SCENARIO in scenarios:
         out += _echo_sections(report)
-    if SIM_SCENARIO in report.config.scenarios:
+    if SIM_SCENARIO in scenarios:
         out += _sim_sections(report)
+    if STREAMS_SCENARIO in scenarios:
+        out += streams_section(report.holds)
+    if START_SCENARIO in scenarios:
+        out += start_section(report.startups, report.config.warm_calls)
+    if WORKERS_SCENARIO in scenarios:
+        workers = [s for s in report.summaries if s.scenario == WORKERS_SCENARIO]
+        ratios = [r for r in report.ratios if r.scenario == WORKERS_SCENARIO]
+        out += workers_section(workers, ratios, report.skipped.get(WORKERS_SCENARIO, ""))
+    if report.goals:
+        out += ["", "## Targets", ""]
+        out += goals_table(report.goals)
     if report.failures:
         out += ["", "## Failures", ""]
         # Continuation lines (a server's last output) indented to stay inside the list item.
@@ -411,7 +441,11 @@ def to_markdown(report: Report) -> str:
     if report.warnings:
         out += ["", "## Warnings", ""]
         out += [f"- {warning}" for warning in report.warnings]
-    lines = [*ratio_lines(report.ratios), *added_latency_lines(report.added_latencies)]
-    if lines:
-        out += ["", "```text", *lines, "```"]
+    lines = [
+        *ratio_lines(report.ratios),
+        *added_latency_lines(report.added_latencies),
+        *goal_lines(report.goals),
+        f"WALL_TIME s={report.wall_s:.0f}",
+    ]
+    out += ["", "```text", *lines, "```"]
     return "\n".join(out) + "\n"

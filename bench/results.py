@@ -1,8 +1,9 @@
-"""What a run produced: the measurements, their summaries over repeats, and omnirelay / baseline ratios.
+"""What the load scenarios produced: measurements, their summaries over repeats, omnirelay / baseline ratios.
 
-Two scenarios, each with omnirelay and its baseline: `echo` (omnirelay's own overhead against a
-bare grpc.aio server) and `sim` (omnirelay relaying the provider simulator against a client calling
-the simulator directly).
+`echo` compares omnirelay with a bare grpc.aio server; `sim` compares omnirelay relaying the provider
+simulator with a bare grpc.aio relay in front of it and with a client calling the simulator
+directly; `workers` compares omnirelay serving with one and with two worker processes. The other
+scenarios (`streams`, `start`) have figures of their own (bench.holdload, bench.startup).
 """
 
 from __future__ import annotations
@@ -16,12 +17,33 @@ from bench.stats import Spread
 
 ECHO_SCENARIO = "echo"
 SIM_SCENARIO = "sim"
-SCENARIOS = (ECHO_SCENARIO, SIM_SCENARIO)
+STREAMS_SCENARIO = "streams"
+START_SCENARIO = "start"
+WORKERS_SCENARIO = "workers"
+SCENARIOS = (ECHO_SCENARIO, SIM_SCENARIO, STREAMS_SCENARIO, START_SCENARIO, WORKERS_SCENARIO)
 BASELINE = "echo"
 # The simulator's HTTP API called without omnirelay.
 DIRECT = "direct"
+# bench.relay_server in front of the simulator: gRPC in, httpx out, no gateway logic.
+RELAY = "relay"
 SUBJECT = "omnirelay"
-BASELINES = {ECHO_SCENARIO: BASELINE, SIM_SCENARIO: DIRECT}
+# The workers scenario's targets: omnirelay serving with this many worker processes.
+WORKER_COUNTS = (1, 2)
+
+
+def workers_target(count: int) -> str:
+    return f"{count}-worker" if count == 1 else f"{count}-workers"
+
+
+# omnirelay's baselines in each scenario, the first the one its targets are judged against.
+BASELINES: dict[str, tuple[str, ...]] = {ECHO_SCENARIO: (BASELINE,), SIM_SCENARIO: (RELAY, DIRECT)}
+# Every target of the scenarios measured with bench.loadgen, in the order they are measured.
+TARGETS: dict[str, tuple[str, ...]] = {
+    ECHO_SCENARIO: (BASELINE, SUBJECT),
+    SIM_SCENARIO: (DIRECT, RELAY, SUBJECT),
+    WORKERS_SCENARIO: tuple(workers_target(n) for n in WORKER_COUNTS),
+}
+LOAD_SCENARIOS = tuple(TARGETS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +57,29 @@ class RunConfig:
     scenarios: tuple[str, ...]
     # The simulator scenario's concurrency levels (its unary calls wait on an upstream).
     sim_concurrency: tuple[int, ...]
+    # The workers scenario's concurrency level and client channels (enough connections for the
+    # kernel to spread them over the workers' sockets).
+    workers_concurrency: int
+    workers_channels: int
+    # The streams scenario: streams open at once through the local provider and through the
+    # simulator, and whether the bare relay is measured through the simulator too.
+    streams_local: int
+    streams_sim: int
+    streams_relay: bool
+    # The start scenario: omnirelay's starts, and the calls before the second memory reading.
+    start_repeats: int
+    warm_calls: int
     # Before each measurement, wait this long at most for other load to stop; measure a disturbed
-    # measurement again this many times.
+    # measurement again this many times; spend at most `patience_s` in all on both, so that a busy
+    # machine cannot stretch the run without bound.
     quiet_wait_s: float
     retries: int
+    patience_s: float
     # CPU sets of the servers and of the load generator; empty when not pinned (a single core).
     server_cpus: tuple[int, ...]
     loadgen_cpus: tuple[int, ...]
+    # Every CPU the run may use: the unpinned processes' (workers scenario).
+    all_cpus: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,9 +123,10 @@ class Summary:
 
 @dataclass(frozen=True, slots=True)
 class Ratio:
-    """omnirelay's rate over its baseline's. The range pairs the repeats, which ran back to back."""
+    """omnirelay's rate over a baseline's. The range pairs the repeats, which ran back to back."""
 
     scenario: str
+    baseline: str
     mode: str
     concurrency: int
     of_medians: float
@@ -136,12 +175,19 @@ def summarize(
     )
 
 
-def ratio(measurements: Sequence[Measurement], scenario: str, mode: str, concurrency: int) -> Ratio | None:
+def ratio(
+    measurements: Sequence[Measurement],
+    scenario: str,
+    mode: str,
+    concurrency: int,
+    baseline_name: str,
+    subject_name: str = SUBJECT,
+) -> Ratio | None:
     def rates(target: str) -> dict[int, float]:
         picked = _picked(measurements, scenario, target, mode, concurrency)
         return {m.repeat: _rate(m.result) for m in picked if m.result is not None}
 
-    subject, baseline = rates(SUBJECT), rates(BASELINES[scenario])
+    subject, baseline = rates(subject_name), rates(baseline_name)
     if not subject or not baseline:
         return None
     median_subject = Spread.of(list(subject.values())).median
@@ -149,6 +195,7 @@ def ratio(measurements: Sequence[Measurement], scenario: str, mode: str, concurr
     paired = [subject[r] / baseline[r] for r in subject.keys() & baseline.keys() if baseline[r] > 0]
     return Ratio(
         scenario=scenario,
+        baseline=baseline_name,
         mode=mode,
         concurrency=concurrency,
         of_medians=median_subject / median_baseline if median_baseline > 0 else math.nan,
@@ -159,11 +206,13 @@ def ratio(measurements: Sequence[Measurement], scenario: str, mode: str, concurr
 
 @dataclass(frozen=True, slots=True)
 class AddedLatency:
-    """omnirelay's latency minus the direct call's (sim scenario), of the medians over repeats.
+    """omnirelay's latency minus a baseline's (sim scenario: the relay's or the direct call's), of the
+    medians over repeats.
 
     Unary: the whole call. Streaming: the time to the first text, what a user waits for.
     """
 
+    baseline: str
     mode: str
     concurrency: int
     p50_ms: float
@@ -172,12 +221,14 @@ class AddedLatency:
     baseline_p50_ms: float
 
 
-def added_latency(summaries: Sequence[Summary], mode: str, concurrency: int) -> AddedLatency | None:
+def added_latency(
+    summaries: Sequence[Summary], mode: str, concurrency: int, baseline_name: str
+) -> AddedLatency | None:
     def find(target: str) -> Summary | None:
         key = (SIM_SCENARIO, target, mode, concurrency)
         return next((s for s in summaries if (s.scenario, s.target, s.mode, s.concurrency) == key), None)
 
-    subject, baseline = find(SUBJECT), find(DIRECT)
+    subject, baseline = find(SUBJECT), find(baseline_name)
     if subject is None or baseline is None:
         return None
     if mode == "unary":
@@ -187,6 +238,7 @@ def added_latency(summaries: Sequence[Summary], mode: str, concurrency: int) -> 
         p50 = (subject.ttft_p50_ms.median, baseline.ttft_p50_ms.median)
         p99 = (subject.ttft_p99_ms.median, baseline.ttft_p99_ms.median)
     return AddedLatency(
+        baseline=baseline_name,
         mode=mode,
         concurrency=concurrency,
         p50_ms=p50[0] - p50[1],

@@ -1,13 +1,15 @@
-"""The scenarios' servers, and the targets the load generator calls in each.
+"""The load scenarios' servers, and the targets the load generator calls in each.
 
 `echo`: the echo server and omnirelay (its `local` provider), both over gRPC.
-`sim`: the provider simulator, and omnirelay with an OpenAI provider pointing at it. Targets:
-omnirelay over gRPC (the simulator behind it), and the simulator's HTTP API directly.
+`sim`: the provider simulator, the bare relay (bench.relay_server) and omnirelay, both relays with
+the simulator's OpenAI API behind them. Targets: omnirelay and the relay over gRPC, and the
+simulator's HTTP API directly.
+`workers`: omnirelay serving with one and with two worker processes, none of them pinned.
 
-The simulator runs on the servers' CPU, beside omnirelay. With two cores that is the fair choice:
+The simulator runs on the servers' CPU, beside the relays. With two cores that is the fair choice:
 each target then has one core for everything behind the client and the load generator has the
 other to itself. On the load generator's core instead, the direct target would squeeze client and
-simulator onto one core while omnirelay's calls spread over two, and the client would be slowed
+simulator onto one core while the relays' calls spread over two, and the client would be slowed
 by a neighbour in one target and not in the other.
 """
 
@@ -19,14 +21,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import RunningServer, ServerSpec, ServerStartError, start_server
-from bench.results import BASELINE, DIRECT, ECHO_SCENARIO, SUBJECT
+from bench.procs import POLL_S, RunningServer, ServerSpec, ServerStartError, start_server
+from bench.results import (
+    BASELINE,
+    DIRECT,
+    ECHO_SCENARIO,
+    RELAY,
+    SIM_SCENARIO,
+    SUBJECT,
+    WORKER_COUNTS,
+    WORKERS_SCENARIO,
+    workers_target,
+)
 from bench.workload import MODES, SIM_API_KEY, SIM_PROVIDER, STREAM_EVENTS, gateway_sim_model
 
 # Process names (the report's "servers" row and log files); the targets are named in bench.results.
 ECHO_SERVER = "echo"
 OMNIRELAY_SERVER = "omnirelay"
 SIM_SERVER = "sim"
+RELAY_SERVER = "relay"
 OMNIRELAY_SIM_SERVER = "omnirelay-sim"
 RESET_TIMEOUT_S = 5.0
 
@@ -48,6 +61,9 @@ class Target:
     upstream: RunningServer | None = None
     # Posted before each measurement; empty when nothing needs resetting.
     reset_url: str = ""
+    # The server runs unpinned as several processes: the load generator is not pinned either, the
+    # server's CPU is that of the process and its children, and other load cannot be told apart.
+    spread: bool = False
 
     @property
     def processes(self) -> tuple[RunningServer, ...]:
@@ -63,14 +79,23 @@ class Launcher:
     cpus: frozenset[int] | None
     timeout_s: float
     cwd: Path
+    # Where unpinned servers run: every CPU of the run (the runner itself is pinned, and a child
+    # would inherit its one CPU).
+    all_cpus: frozenset[int] | None = None
 
     def start(
-        self, spec: ServerSpec, failures: list[str], started: list[RunningServer]
+        self,
+        spec: ServerSpec,
+        failures: list[str],
+        started: list[RunningServer],
+        pinned: bool = True,
+        poll_s: float = POLL_S,
     ) -> RunningServer | None:
         """Appends the server to `started` as soon as it serves, so an interrupt cannot orphan it."""
         log_path = self.log_dir / f"bench-{self.stamp}-{spec.name}.log"
+        cpus = self.cpus if pinned else self.all_cpus
         try:
-            server = start_server(spec, log_path, self.cpus, self.timeout_s, self.cwd)
+            server = start_server(spec, log_path, cpus, self.timeout_s, self.cwd, poll_s)
         except (ServerStartError, OSError) as exc:
             failures.append(f"{spec.name} did not start: {exc}")
             return None
@@ -107,29 +132,59 @@ def start_targets(
         if omnirelay:
             targets.append(Target(SUBJECT, omnirelay, "grpc", omnirelay.address))
         return targets
+    if scenario == SIM_SCENARIO:
+        return _start_sim(argv, launcher, failures, started)
+    if scenario == WORKERS_SCENARIO:
+        return _start_workers(argv, launcher, failures, started)
+    raise ValueError(f"not a load scenario: {scenario}")
+
+
+def _start_sim(
+    argv: Mapping[str, Sequence[str]], launcher: Launcher, failures: list[str], started: list[RunningServer]
+) -> list[Target]:
     sim = launcher.start(ServerSpec(SIM_SERVER, tuple(argv[SIM_SERVER])), failures, started)
     if sim is None:
         return []
+    base_url = f"http://{sim.address}/v1"
     reset_url = f"http://{sim.address}/_sim/reset"
-    direct = Target(DIRECT, sim, "http", f"http://{sim.address}/v1", stream_events=0, reset_url=reset_url)
+    targets = [Target(DIRECT, sim, "http", base_url, stream_events=0, reset_url=reset_url)]
+
+    def relayed(name: str, server: RunningServer) -> Target:
+        # The two relays: the same requests and models, the simulator behind both on the same core.
+        return Target(
+            name,
+            server,
+            "grpc",
+            server.address,
+            models={mode: gateway_sim_model(mode) for mode in MODES},
+            # A relay's framing (route_started, deltas, finish, usage, done) is its own to decide;
+            # the load generator holds every stream to the probe's count.
+            stream_events=0,
+            upstream=sim,
+            reset_url=reset_url,
+        )
+
+    relay_spec = ServerSpec(RELAY_SERVER, (*argv[RELAY_SERVER], "--upstream", base_url))
+    if relay := launcher.start(relay_spec, failures, started):
+        targets.append(relayed(RELAY, relay))
     spec = ServerSpec(OMNIRELAY_SIM_SERVER, tuple(argv[OMNIRELAY_SERVER]), sim_env(sim.address))
-    omnirelay = launcher.start(spec, failures, started)
-    if omnirelay is None:
-        return [direct]
-    relay = Target(
-        SUBJECT,
-        omnirelay,
-        "grpc",
-        omnirelay.address,
-        models={mode: gateway_sim_model(mode) for mode in MODES},
-        # The relay's framing (route_started, deltas, finish, usage, done) is the adapter's to
-        # decide; the load generator holds every stream to the probe's count.
-        stream_events=0,
-        upstream=sim,
-        reset_url=reset_url,
-    )
-    # Baseline first, as in the echo scenario.
-    return [direct, relay]
+    if omnirelay := launcher.start(spec, failures, started):
+        targets.append(relayed(SUBJECT, omnirelay))
+    # Baselines first, as in the echo scenario.
+    return targets
+
+
+def _start_workers(
+    argv: Mapping[str, Sequence[str]], launcher: Launcher, failures: list[str], started: list[RunningServer]
+) -> list[Target]:
+    targets = []
+    for count in WORKER_COUNTS:
+        # `--workers N` prints its serving line once every worker listens. Unpinned: two workers
+        # need both cores.
+        spec = ServerSpec(f"omnirelay-{count}w", (*argv[OMNIRELAY_SERVER], "--workers", str(count)))
+        if server := launcher.start(spec, failures, started, pinned=False):
+            targets.append(Target(workers_target(count), server, "grpc", server.address, spread=True))
+    return targets
 
 
 def reset(target: Target) -> str:

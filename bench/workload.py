@@ -31,6 +31,14 @@ SIM_PROVIDER: Final = "sim"
 SIM_API_KEY: Final = "sk-bench"
 
 
+# The streams scenario: streams held open by a slow upstream, 20 tokens each. The local provider
+# paced at 2 tokens per second (set in omnirelay's environment) keeps a stream open ~10 s; the
+# simulator's model pauses 200 ms between tokens (~4 s).
+HOLD_MAX_TOKENS: Final = 20
+HOLD_LOCAL_TOKENS_PER_SECOND: Final = 2
+HOLD_SIM_MODEL: Final = f"{SIM_PROVIDER}/sim-model+itl=200+tokens={HOLD_MAX_TOKENS}"
+
+
 def max_tokens(mode: str) -> int:
     return UNARY_MAX_TOKENS if mode == "unary" else STREAM_MAX_TOKENS
 

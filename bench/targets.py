@@ -1,0 +1,132 @@
+"""The performance targets omnirelay is held to, and whether this run met them.
+
+A missed target does not fail the run (its exit status is for errors: failed calls, servers that
+did not start); it shows as FAIL here and in a `TARGET <name>: FAIL (value)` line. A target the
+run's settings did not measure (`--quick`, other levels or scenarios) shows as N/A.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from bench.markdown import number, table
+from bench.memory import megabytes
+from bench.outcome import HoldMeasurement, StartupSample
+from bench.results import (
+    BASELINE,
+    ECHO_SCENARIO,
+    RELAY,
+    SIM_SCENARIO,
+    START_SCENARIO,
+    STREAMS_SCENARIO,
+    SUBJECT,
+    AddedLatency,
+    Ratio,
+    RunConfig,
+)
+from bench.sections import median_first_call_s, median_warm_rss_mb
+from bench.streams import LOCAL_CASE
+
+PASS: Final = "PASS"
+FAIL: Final = "FAIL"
+NOT_MEASURED: Final = "N/A"
+RATIO_C: Final = 64
+LATENCY_C: Final = 1
+MANY_STREAMS: Final = 10_000
+GIB_MB: Final = 2**30 / 1e6
+
+
+@dataclass(frozen=True, slots=True)
+class Goal:
+    name: str
+    goal: str
+    value: str
+    status: str
+
+
+def _goal(name: str, goal: str, value: float, passed: bool, planned: bool, shown: str = "") -> Goal:
+    """PASS or FAIL when measured; FAIL when planned and not measured; N/A when not planned."""
+    if not math.isfinite(value):
+        return Goal(name, goal, "not measured", FAIL if planned else NOT_MEASURED)
+    return Goal(name, goal, shown or number(value), PASS if passed else FAIL)
+
+
+def _echo_ratio(ratios: Sequence[Ratio], mode: str) -> float:
+    found = [
+        r
+        for r in ratios
+        if (r.scenario, r.baseline, r.mode, r.concurrency) == (ECHO_SCENARIO, BASELINE, mode, RATIO_C)
+    ]
+    return found[0].of_medians if found else math.nan
+
+
+def _added(added: Sequence[AddedLatency]) -> AddedLatency | None:
+    return next(
+        (a for a in added if (a.baseline, a.mode, a.concurrency) == (RELAY, "unary", LATENCY_C)), None
+    )
+
+
+def evaluate(
+    config: RunConfig,
+    ratios: Sequence[Ratio],
+    added: Sequence[AddedLatency],
+    holds: Sequence[HoldMeasurement],
+    startups: Sequence[StartupSample],
+) -> list[Goal]:
+    goals: list[Goal] = []
+    scenarios = config.scenarios
+    if ECHO_SCENARIO in scenarios:
+        for mode, what in (("unary", "calls/s"), ("stream", "messages/s")):
+            planned = RATIO_C in config.concurrency and mode in config.modes
+            value = _echo_ratio(ratios, mode)
+            goal = f"{SUBJECT} / echo, {mode} {what} at c={RATIO_C} >= 0.7"
+            goals.append(_goal(f"{mode}_vs_echo_c{RATIO_C}", goal, value, value >= 0.7, planned))
+    if SIM_SCENARIO in scenarios:
+        planned = LATENCY_C in config.sim_concurrency and "unary" in config.modes
+        a = _added(added)
+        for which, limit in (("p50", 0.3), ("p99", 1.0)):
+            value = (a.p50_ms if which == "p50" else a.p99_ms) if a else math.nan
+            goal = f"added latency vs the bare relay, unary {which} at c={LATENCY_C} <= {limit:g} ms"
+            shown = f"{value:+.2f} ms"
+            goals.append(
+                _goal(f"added_{which}_vs_relay_c{LATENCY_C}", goal, value, value <= limit, planned, shown)
+            )
+    if STREAMS_SCENARIO in scenarios:
+        goals.append(_many_streams(config, holds))
+    if START_SCENARIO in scenarios:
+        rss = median_warm_rss_mb(startups)
+        goal = f"idle RSS after start and {config.warm_calls} calls < 120 MB"
+        goals.append(_goal("idle_rss", goal, rss, rss < 120, True, f"{number(rss)} MB"))
+        cold = median_first_call_s(startups)
+        goal = "cold start (spawn to first Complete answered, median) < 2 s"
+        goals.append(_goal("cold_start", goal, cold, cold < 2.0, True, f"{cold:.2f} s"))
+    return goals
+
+
+def _many_streams(config: RunConfig, holds: Sequence[HoldMeasurement]) -> Goal:
+    name = "streams_10k"
+    goal = f"{MANY_STREAMS:,} streams open at once: peak RSS < 1 GiB, 0 errors"
+    if config.streams_local < MANY_STREAMS:
+        return Goal(name, goal, f"this run opened {config.streams_local:,}", NOT_MEASURED)
+    hold = next((h for h in holds if (h.case, h.target) == (LOCAL_CASE, SUBJECT)), None)
+    if hold is None or hold.result is None:
+        return Goal(name, goal, "not measured", FAIL)
+    r = hold.result
+    rss = megabytes(r.hwm_kb)
+    passed = r.peak_open >= MANY_STREAMS and rss < GIB_MB and r.errors == 0 and r.hwm_kb >= 0
+    value = f"{r.peak_open:,} open, {number(rss)} MB, {r.errors} errors"
+    return Goal(name, goal, value, PASS if passed else FAIL)
+
+
+def goals_table(goals: Sequence[Goal]) -> list[str]:
+    return table(
+        ("target", "goal", "measured", "result"), "llrl", [(g.name, g.goal, g.value, g.status) for g in goals]
+    )
+
+
+def goal_lines(goals: Sequence[Goal]) -> list[str]:
+    """Lines a script can grep for: `TARGET cold_start: PASS (1.21 s)`."""
+    return [f"TARGET {g.name}: {g.status} ({g.value})" for g in goals]
