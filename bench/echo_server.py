@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 from google.protobuf import duration_pb2
 
+from bench.baseline import CompleteOnly
 from bench.workload import MODEL, STREAM_MAX_TOKENS, UNARY_MAX_TOKENS
 from omnirelay_client.v1 import (
     completion_pb2,
@@ -96,7 +97,7 @@ def build_stream_events() -> tuple[stream_pb2.StreamCompleteResponse, ...]:
     return (started, *([delta] * STREAM_MAX_TOKENS), finish, usage, done)
 
 
-class EchoCompletion(completion_pb2_grpc.CompletionServiceServicer):
+class EchoCompletion(CompleteOnly):
     def __init__(self, response: completion_pb2.CompleteResponse) -> None:
         self._response = response
 
@@ -104,22 +105,6 @@ class EchoCompletion(completion_pb2_grpc.CompletionServiceServicer):
         self, request: completion_pb2.CompleteRequest, context: grpc.aio.ServicerContext[object, object]
     ) -> completion_pb2.CompleteResponse:
         return self._response
-
-    # The other methods are not benchmarked; they exist because the generated servicer requires them.
-    async def Embed(  # noqa: N802 (gRPC method name)
-        self, request: completion_pb2.EmbedRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> completion_pb2.EmbedResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the echo server only answers Complete")
-
-    async def CountTokens(  # noqa: N802 (gRPC method name)
-        self, request: completion_pb2.CountTokensRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> completion_pb2.CountTokensResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the echo server only answers Complete")
-
-    async def ListModels(  # noqa: N802 (gRPC method name)
-        self, request: completion_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[object, object]
-    ) -> completion_pb2.ListModelsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the echo server only answers Complete")
 
 
 class EchoStream(stream_pb2_grpc.StreamCompletionServiceServicer):

@@ -26,6 +26,7 @@ import grpc
 import httpx
 from google.protobuf import duration_pb2
 
+from bench.baseline import CompleteOnly
 from bench.limits import raise_open_files
 from bench.workload import SIM_API_KEY
 from omnirelay_client.v1 import (
@@ -114,7 +115,7 @@ async def _fail(context: grpc.aio.ServicerContext[Any, Any], response: httpx.Res
     await context.abort(grpc.StatusCode.UNAVAILABLE, f"upstream HTTP {response.status_code}: {text}")
 
 
-class RelayCompletion(completion_pb2_grpc.CompletionServiceServicer):
+class RelayCompletion(CompleteOnly):
     def __init__(self, client: httpx.AsyncClient) -> None:
         self._client = client
 
@@ -145,22 +146,6 @@ class RelayCompletion(completion_pb2_grpc.CompletionServiceServicer):
             usage=_usage(data.get("usage") or {}),
             route=_route(request.model, latency, latency),
         )
-
-    # The other methods are not benchmarked; they exist because the generated servicer requires them.
-    async def Embed(  # noqa: N802 (gRPC method name)
-        self, request: completion_pb2.EmbedRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> completion_pb2.EmbedResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the relay only answers Complete")
-
-    async def CountTokens(  # noqa: N802 (gRPC method name)
-        self, request: completion_pb2.CountTokensRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> completion_pb2.CountTokensResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the relay only answers Complete")
-
-    async def ListModels(  # noqa: N802 (gRPC method name)
-        self, request: completion_pb2.ListModelsRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> completion_pb2.ListModelsResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the relay only answers Complete")
 
 
 class RelayStream(stream_pb2_grpc.StreamCompletionServiceServicer):
