@@ -101,3 +101,23 @@ def test_assembler_joins_text_and_tool_argument_fragments() -> None:
     assert first.finish_reason is FinishReason.TOOL_CALLS
     assert (second.text, second.finish_reason) == ("other", FinishReason.STOP)
     assert result.usage == TokenUsage(10, 5)
+
+
+def test_classify_masks_the_configured_key_and_key_shaped_text() -> None:
+    body = ErrorBody(
+        "Incorrect API key provided: sk-proj-abc123SECRET. "
+        "Also sk-VKMIs****wjh3 and AIzaSyD-abcdefghijklmnopqrstu"
+    )
+    error = classify("acme", 401, body, secret="abc123SECRET")
+    assert "abc123SECRET" not in error.message
+    assert "VKMIs" not in error.message
+    assert "AIzaSy" not in error.message
+    assert "Incorrect API key provided" in error.message
+
+
+def test_overloaded_503_and_not_implemented_501() -> None:
+    assert type(classify("acme", 503, ErrorBody("busy", "server_error"))) is errors.OverloadedError
+    assert type(classify("acme", 500, ErrorBody("oops", "server_error"))) is errors.UpstreamServerError
+    not_implemented = classify("acme", 501, ErrorBody("no"))
+    assert type(not_implemented) is errors.UpstreamInvalidRequestError
+    assert not not_implemented.retryable

@@ -527,12 +527,11 @@ def parse_error(
         return classify(provider, status, ErrorBody(""), headers)
     kind = str(error.get("type") or "")
     message = str(error.get("message") or "")
-    if secret and secret in message:
-        message = message.replace(secret, "***")
     body_id = data.get("request_id") if isinstance(data, dict) else None
     if isinstance(body_id, str) and body_id and not request_id(headers):
         headers = {**{k.lower(): v for k, v in headers.items()}, "request-id": body_id}
-    return _classified(provider, status, ErrorBody(message, code=_refine(kind, message), type=kind), headers)
+    body_error = ErrorBody(message, code=_refine(kind, message), type=kind)
+    return _classified(provider, status, body_error, headers, secret)
 
 
 def _refine(kind: str, message: str) -> str:
@@ -551,8 +550,10 @@ def _refine(kind: str, message: str) -> str:
     return ""
 
 
-def _classified(provider: str, status: int, body: ErrorBody, headers: Mapping[str, str]) -> UpstreamError:
-    error = classify(provider, status, body, headers)
+def _classified(
+    provider: str, status: int, body: ErrorBody, headers: Mapping[str, str], secret: str = ""
+) -> UpstreamError:
+    error = classify(provider, status, body, headers, secret=secret)
     if body.code and body.type:
         # Keep Anthropic's own type as the upstream code operators search for.
         error = type(error)(

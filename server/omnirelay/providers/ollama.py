@@ -56,7 +56,6 @@ from omnirelay.errors import (
     StreamBrokenError,
     UpstreamConnectionError,
     UpstreamError,
-    UpstreamInvalidRequestError,
     UpstreamTimeoutError,
 )
 from omnirelay.providers.http import HttpAdapter, HttpTransport
@@ -354,18 +353,7 @@ def parse_error(
 ) -> UpstreamError:
     """An HTTP error answer: ``{"error": "<text>"}``; other bodies still classify by status."""
     message = _error_text(body)
-    if secret:
-        message = message.replace(secret, "***")
-    error = classify(provider, status, ErrorBody(message, code=_text_code(message)), headers)
-    if status == 501:
-        # "Not implemented" for this model or endpoint: retrying elsewhere with the same request won't help.
-        return UpstreamInvalidRequestError(
-            error.message,
-            provider=provider,
-            http_status=status,
-            upstream_request_id=error.upstream_request_id,
-        )
-    return error
+    return classify(provider, status, ErrorBody(message, code=_text_code(message)), headers, secret=secret)
 
 
 def _error_text(body: bytes) -> str:

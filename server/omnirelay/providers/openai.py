@@ -507,8 +507,6 @@ class StreamParser:
 # "Please try again in 26.604s" / "in 120ms" / "in 6m0s" (OpenAI), "Please retry after 6 seconds" (Azure).
 _RETRY_IN = re.compile(r"try again in (?:(\d+)m)?(\d+(?:\.\d+)?)(ms|s)\b|retry after (\d+) seconds?")
 _REQUEST_ID_IN = re.compile(r"request ID (req_\w+)")
-# Keys a provider echoes back, even partly masked ("sk-VKMIs****wjh3"), never reach a caller.
-_KEY_LIKE = re.compile(r"\bsk-[\w*\-.]{4,}")
 
 
 def parse_error(
@@ -516,13 +514,11 @@ def parse_error(
 ) -> UpstreamError:
     """An error answer as the error tree's class; bodies that are not OpenAI-shaped classify by status."""
     error = _error_body(_json_or_none(body), status)
-    message = _KEY_LIKE.sub("sk-***", error.message.replace(secret, "***") if secret else error.message)
-    error = replace(error, message=message)
     if not upstream.request_id(headers):
-        found = _REQUEST_ID_IN.search(message)
+        found = _REQUEST_ID_IN.search(error.message)
         if found:
             headers = {**headers, "x-request-id": found.group(1)}
-    return upstream.classify(provider, status, error, headers)
+    return upstream.classify(provider, status, error, headers, secret=secret)
 
 
 def stream_error(provider: str, data: Mapping[str, Any]) -> UpstreamError:
@@ -561,8 +557,6 @@ def _error_body(data: Any, status: int) -> ErrorBody:
     kind = str(raw.get("type") or "")
     if not code and "maximum context length" in message:
         code = "context_length_exceeded"  # vLLM and others word it like OpenAI but send no code
-    if status in (503, 529) and code in ("", "server_error") and kind in ("", "server_error"):
-        code = "overloaded_error"  # "That model is currently overloaded"; worth retrying elsewhere
     return ErrorBody(message=message, code=code, type=kind, retry_after_seconds=_retry_in(message))
 
 

@@ -9,6 +9,7 @@ HTTP status alone would give.
 from __future__ import annotations
 
 import email.utils
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -109,24 +110,50 @@ def _by_status(status: int) -> type[UpstreamError]:
         return RateLimitedError
     if status in (503, 529):
         return OverloadedError
+    if status == 501:
+        # "Not implemented" for this model or endpoint: the same request will not work elsewhere.
+        return UpstreamInvalidRequestError
     if status >= 500:
         return UpstreamServerError
     return UpstreamInvalidRequestError
 
 
+# Keys providers echo back in error text, even partly masked ("sk-VKMIs****wjh3"); Google keys start AIza.
+_KEY_LIKE = re.compile(r"\bsk-[\w*\-.]{4,}|\bAIza[\w\-]{20,}")
+
+
+def scrub(message: str, secret: str = "") -> str:
+    """``message`` with the configured key and anything shaped like a provider key masked."""
+    if secret:
+        message = message.replace(secret, "***")
+    return _KEY_LIKE.sub("***", message)
+
+
 def classify(
-    provider: str, status: int, error: ErrorBody, headers: Mapping[str, str] | None = None
+    provider: str,
+    status: int,
+    error: ErrorBody,
+    headers: Mapping[str, str] | None = None,
+    *,
+    secret: str = "",
 ) -> UpstreamError:
-    """The error-tree class for an upstream failure, with retry delay and upstream request id."""
+    """The error-tree class for an upstream failure, with retry delay and upstream request id.
+
+    Every adapter's error passes here, so this is where echoed keys are masked (``secret`` is
+    the provider's configured key; key-shaped text is masked whether or not it is given).
+    """
     headers = headers or {}
     cls = _BY_CODE.get(error.code) or _BY_CODE.get(error.type) or _by_status(status)
     # A 429 that is really "out of money" must not be retried as if it were a rate limit.
     if cls is RateLimitedError and ("quota" in error.code or "quota" in error.type):
         cls = QuotaExhaustedError
+    # A 503/529 labelled only "server error" is the upstream saying it is overloaded.
+    if cls is UpstreamServerError and status in (503, 529):
+        cls = OverloadedError
     delay = retry_after(headers)
     if delay is None:
         delay = error.retry_after_seconds
-    shown = error.message or f"HTTP {status}"
+    shown = scrub(error.message, secret) or f"HTTP {status}"
     return cls(
         f"{provider}: {shown}",
         provider=provider,
