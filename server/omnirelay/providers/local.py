@@ -98,14 +98,17 @@ class LocalProvider:
                 if not first and self._token_interval > 0:
                     await asyncio.sleep(self._token_interval)
                 first = False
+                finished = False
                 for c in live:
                     chunks = c.step()
                     self.tokens_generated += c.step_tokens
                     for chunk in chunks:
                         yield chunk
                     if c.done:
+                        finished = True
                         yield FinishChunk(c.index, c.finish, c.logprobs_or_none())
-                live = [c for c in live if not c.done]
+                if finished:  # rebuilt only when a choice ends, not once per token
+                    live = [c for c in live if not c.done]
             yield UsageChunk(_usage(call, choices))
         finally:
             self.active_streams -= 1
