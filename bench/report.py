@@ -188,6 +188,17 @@ def _sizes_table(summaries: Sequence[Summary]) -> list[str]:
     )
 
 
+def _lead(s: Summary, streams: bool = False) -> tuple[str, ...]:
+    """The cells every throughput table starts with: who, at what concurrency, how fast."""
+    rate = (cell(s.rate), cell(s.calls_per_s)) if streams else (cell(s.rate),)
+    return (s.target, str(s.concurrency), *rate, cell(s.latency_p50_ms), cell(s.latency_p99_ms))
+
+
+def _load(s: Summary, server_cpu: tuple[str, ...]) -> tuple[str, ...]:
+    """The cells every throughput table ends with: the server's CPU columns, its core, the client."""
+    return (*server_cpu, cell(s.server_core_busy, "percent"), cell(s.loadgen_cpu, "percent"))
+
+
 def _echo_sections(report: Report) -> list[str]:
     summaries = [s for s in report.summaries if s.scenario == ECHO_SCENARIO]
     ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO]
@@ -209,17 +220,7 @@ def _echo_sections(report: Report) -> list[str]:
             ),
             "lrrrrrrrr",
             [
-                (
-                    s.target,
-                    str(s.concurrency),
-                    cell(s.rate),
-                    cell(s.latency_p50_ms),
-                    cell(s.latency_p99_ms),
-                    str(s.errors),
-                    cell(s.server_cpu, "percent"),
-                    cell(s.server_core_busy, "percent"),
-                    cell(s.loadgen_cpu, "percent"),
-                )
+                (*_lead(s), str(s.errors), *_load(s, (cell(s.server_cpu, "percent"),)))
                 for s in by_mode["unary"]
             ],
         )
@@ -246,17 +247,10 @@ def _echo_sections(report: Report) -> list[str]:
             "lrrrrrrrrrr",
             [
                 (
-                    s.target,
-                    str(s.concurrency),
-                    cell(s.rate),
-                    cell(s.calls_per_s),
-                    cell(s.latency_p50_ms),
-                    cell(s.latency_p99_ms),
+                    *_lead(s, streams=True),
                     cell(s.ttfm_p50_ms),
                     str(s.errors),
-                    cell(s.server_cpu, "percent"),
-                    cell(s.server_core_busy, "percent"),
-                    cell(s.loadgen_cpu, "percent"),
+                    *_load(s, (cell(s.server_cpu, "percent"),)),
                 )
                 for s in by_mode["stream"]
             ],
@@ -314,20 +308,7 @@ def _sim_sections(report: Report) -> list[str]:
                 "loadgen CPU",
             ),
             "lrrrrrrrrr",
-            [
-                (
-                    s.target,
-                    str(s.concurrency),
-                    cell(s.rate),
-                    cell(s.latency_p50_ms),
-                    cell(s.latency_p99_ms),
-                    str(s.errors),
-                    *_sim_cpu(s),
-                    cell(s.server_core_busy, "percent"),
-                    cell(s.loadgen_cpu, "percent"),
-                )
-                for s in by_mode["unary"]
-            ],
+            [(*_lead(s), str(s.errors), *_load(s, _sim_cpu(s))) for s in by_mode["unary"]],
         )
     if "stream" in by_mode:
         out += [
@@ -356,19 +337,12 @@ def _sim_sections(report: Report) -> list[str]:
             "lrrrrrrrrrrrrr",
             [
                 (
-                    s.target,
-                    str(s.concurrency),
-                    cell(s.rate),
-                    cell(s.calls_per_s),
-                    cell(s.latency_p50_ms),
-                    cell(s.latency_p99_ms),
+                    *_lead(s, streams=True),
                     cell(s.ttfm_p50_ms),
                     cell(s.ttft_p50_ms),
                     cell(s.ttft_p99_ms),
                     str(s.errors),
-                    *_sim_cpu(s),
-                    cell(s.server_core_busy, "percent"),
-                    cell(s.loadgen_cpu, "percent"),
+                    *_load(s, _sim_cpu(s)),
                 )
                 for s in by_mode["stream"]
             ],
