@@ -47,12 +47,13 @@ from omnirelay.errors import (
     UpstreamConnectionError,
     UpstreamError,
 )
-from omnirelay.providers.http import HttpAdapter, HttpTransport
+from omnirelay.providers.http import HttpAdapter, HttpTransport, UpstreamResponse
 from omnirelay.providers.sse import SSEDecoder, SSEEvent
 from omnirelay.providers.upstream import ErrorBody, classify, request_id
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 MESSAGES_PATH = "/v1/messages"
+MODELS_PATH = "/v1/models"
 DEFAULT_API_VERSION = "2023-06-01"
 # Anthropic refuses a request without max_tokens; this is what we ask for when the caller set none.
 DEFAULT_MAX_TOKENS = 4096
@@ -86,6 +87,11 @@ _STATUS_OF_TYPE = {
     "overloaded_error": 529,
 }
 
+# Anthropic's largest page of the model list: one request lists every model it offers today.
+_MODELS_PAGE = "1000"
+# A cursor that never ends (a broken upstream or proxy) must not keep a health probe paging for ever.
+_MAX_MODEL_PAGES = 10
+
 _IMAGE_MAGIC = (
     (b"\x89PNG", "image/png"),
     (b"\xff\xd8\xff", "image/jpeg"),
@@ -102,24 +108,28 @@ class AnthropicProvider(HttpAdapter):
         super().__init__(settings, transport)
         # An empty base_url leaves the client without one; an absolute URL still works then.
         self._path = MESSAGES_PATH if settings.base_url else DEFAULT_BASE_URL + MESSAGES_PATH
+        self._models_path = MODELS_PATH if settings.base_url else DEFAULT_BASE_URL + MODELS_PATH
         self._headers = {"anthropic-version": settings.api_version or DEFAULT_API_VERSION}
         if settings.api_key:
             self._headers["x-api-key"] = settings.api_key
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
         response = await self._transport.post(self._path, build_body(call, stream=False), self._headers)
-        if not 200 <= response.status < 300:
-            raise self._error(response.status, response.headers, response.body)
-        try:
-            data = response.json()
-        except ValueError:
-            raise MalformedResponseError(
-                f"{self.name}: the answer is not JSON",
-                provider=self.name,
-                http_status=response.status,
-                upstream_request_id=request_id(response.headers),
-            ) from None
+        data = self._json(response)
         return parse_response(data, upstream_request_id=request_id(response.headers), provider=self.name)
+
+    async def list_models(self) -> tuple[str, ...]:
+        """GET /v1/models, page by page (one page in practice): free, for health probes."""
+        ids: list[str] = []
+        params = {"limit": _MODELS_PAGE}
+        for _ in range(_MAX_MODEL_PAGES):
+            response = await self._transport.get(self._models_path, self._headers, params)
+            page, after = parse_models(self._json(response), self.name)
+            ids.extend(page)
+            if not after:
+                break
+            params = {"limit": _MODELS_PAGE, "after_id": after}
+        return tuple(ids)
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[StreamChunk, None]:
         body = build_body(call, stream=True)
@@ -149,6 +159,20 @@ class AnthropicProvider(HttpAdapter):
                     yield chunk
             for chunk in parser.end():
                 yield chunk
+
+    def _json(self, response: UpstreamResponse) -> Any:
+        """A whole answer's JSON body; an error status raises its classified error."""
+        if not 200 <= response.status < 300:
+            raise self._error(response.status, response.headers, response.body)
+        try:
+            return response.json()
+        except ValueError:
+            raise MalformedResponseError(
+                f"{self.name}: the answer is not JSON",
+                provider=self.name,
+                http_status=response.status,
+                upstream_request_id=request_id(response.headers),
+            ) from None
 
     def _error(self, status: int, headers: Mapping[str, str], body: bytes) -> UpstreamError:
         return parse_error(status, headers, body, provider=self.name, secret=self._settings.api_key)
@@ -351,6 +375,18 @@ def parse_response(data: Any, upstream_request_id: str = "", provider: str = "an
             upstream_request_id=upstream_request_id,
         ) from None
     return CompletionResult((choice,), usage.result(), upstream_request_id)
+
+
+def parse_models(data: Any, provider: str = "anthropic") -> tuple[tuple[str, ...], str]:
+    """One /v1/models page: its model ids, and the id to list after (``""`` on the last page)."""
+    try:
+        ids = tuple(str(m["id"]) for m in data["data"])
+        more = data.get("has_more") is True
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise MalformedResponseError(
+            f"{provider}: unreadable model list ({type(exc).__name__})", provider=provider
+        ) from None
+    return ids, str(data.get("last_id") or "") if more else ""
 
 
 def _finish(stop_reason: Any) -> FinishReason:

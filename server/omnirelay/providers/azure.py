@@ -5,6 +5,7 @@ carries ``api-version``, the key goes in ``api-key``, and answers carry
 ``prompt_filter_results`` (``prompt_annotations`` in older API versions) and
 per-choice ``content_filter_results``. A prompt rejected by the filter is a 400
 with code ``content_filter``, which the shared classification already maps.
+The model listing (``list_models``) is ``GET /openai/models?api-version=…``.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ class AzureOpenAIProvider(openai.OpenAIProvider):
 
     def _embeddings_path(self, deployment: Deployment) -> str:
         return f"/openai/deployments/{quote(deployment.provider_model, safe='')}/embeddings"
+
+    def _models_path(self) -> str:
+        # The models the resource can deploy, not its deployments: it answers without naming one.
+        return "/openai/models"
 
     def _params(self) -> Mapping[str, str] | None:
         return {"api-version": self._settings.api_version}

@@ -1,8 +1,8 @@
 """The Protocols a provider adapter satisfies.
 
-A chat provider answers unary and streamed completions; embedding and token
-counting are separate Protocols because many providers lack them. Every
-method takes one frozen ``ProviderCall`` so adding a field never breaks a signature.
+A chat provider answers unary and streamed completions; embedding, token
+counting and model listing are separate Protocols because many providers lack
+them. Every method takes one frozen ``ProviderCall`` so adding a field never breaks a signature.
 """
 
 from __future__ import annotations
@@ -63,4 +63,13 @@ class TokenCounter(Protocol):
 
     async def count_tokens(self, deployment: Deployment, messages: Sequence[Message]) -> int:
         """Input tokens the messages would use."""
+        ...
+
+
+@runtime_checkable
+class ModelLister(Protocol):
+    """The upstream's model list, for active health probes that must never spend tokens."""
+
+    async def list_models(self) -> tuple[str, ...]:
+        """Model ids the upstream offers, from its free listing endpoint (no tokens spent)."""
         ...

@@ -79,6 +79,10 @@ DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 API_VERSION = "v1beta"
 KEY_HEADER = "x-goog-api-key"
 PROVIDER = "gemini"
+# The largest page ListModels allows: one request lists every model Gemini offers today.
+_MODELS_PAGE = "1000"
+# A page token that never ends (a broken upstream or proxy) must not keep a health probe paging for ever.
+_MAX_MODEL_PAGES = 10
 
 _CONTENT_FILTER = frozenset(
     {
@@ -213,6 +217,25 @@ class GeminiProvider(HttpAdapter):
         # batchEmbedContents reports no usage; the local estimate stands in, marked as such.
         tokens = sum(tokenizer.count_text(text) for text in inputs)
         return EmbeddingResult(vectors, TokenUsage(input_tokens=tokens, estimated=True))
+
+    async def list_models(self) -> tuple[str, ...]:
+        """GET /v1beta/models (ListModels), page by page (one page in practice): free, for health probes."""
+        ids: list[str] = []
+        params = {"pageSize": _MODELS_PAGE}
+        for _ in range(_MAX_MODEL_PAGES):
+            response = await self._transport.get(self._models_path.rstrip("/"), self._headers, params)
+            if response.status >= 300:
+                raise parse_error(response.status, response.headers, response.body, self.name)
+            try:
+                data = response.json()
+            except ValueError:
+                raise _malformed(self.name, "the model list is not JSON", response.status) from None
+            page, token = parse_models(data, self.name)
+            ids.extend(page)
+            if not token:
+                break
+            params = {"pageSize": _MODELS_PAGE, "pageToken": token}
+        return tuple(ids)
 
 
 def model_id(model: str) -> str:
@@ -510,6 +533,16 @@ def parse_embeddings(data: Any, expected: int, provider: str = PROVIDER) -> tupl
     if len(vectors) != expected:
         raise _malformed(provider, f"{len(vectors)} embeddings for {expected} inputs")
     return vectors
+
+
+def parse_models(data: Any, provider: str = PROVIDER) -> tuple[tuple[str, ...], str]:
+    """One ListModels page: model ids without the ``models/`` prefix, and the next page's token."""
+    try:
+        ids = tuple(str(m["name"]).removeprefix("models/") for m in data.get("models") or ())
+        token = str(data.get("nextPageToken") or "")
+    except (KeyError, TypeError, AttributeError):
+        raise _malformed(provider, "the model list has an unexpected shape") from None
+    return ids, token
 
 
 # ---------------------------------------------------------------- stream parsing

@@ -60,10 +60,26 @@ class HttpTransport:
         headers: Mapping[str, str] | None = None,
         params: Mapping[str, str] | None = None,
     ) -> UpstreamResponse:
+        return await self._whole("POST", path, _dumps(body), _json(headers), params)
+
+    async def get(
+        self, path: str, headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None
+    ) -> UpstreamResponse:
+        """A bodiless GET (model listings), bounded and translated like ``post``."""
+        return await self._whole("GET", path, None, dict(headers or {}), params)
+
+    async def _whole(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        headers: Mapping[str, str],
+        params: Mapping[str, str] | None,
+    ) -> UpstreamResponse:
         try:
             async with asyncio.timeout(self.total_timeout):
-                response = await self._client.post(
-                    path, content=_dumps(body), headers=_json(headers), params=params
+                response = await self._client.request(
+                    method, path, content=content, headers=headers, params=params
                 )
                 return UpstreamResponse(response.status_code, response.headers, response.content)
         except TimeoutError:

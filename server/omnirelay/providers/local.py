@@ -54,6 +54,9 @@ _VOCAB = tuple(
 )
 _TOKENS = tuple(" " + w for w in _VOCAB)
 _TOKEN_COUNT = len(_TOKENS)
+# The provider models the shipped settings route here (local-small, local-large). Any name is
+# answered, so this is what a listing advertises, not a limit on what may be asked for.
+MODELS = ("small", "large")
 
 
 class LocalProvider:
@@ -115,6 +118,10 @@ class LocalProvider:
 
     async def aclose(self) -> None:
         return None
+
+    async def list_models(self) -> tuple[str, ...]:
+        """The known model ids, without I/O: there is no upstream to ask."""
+        return MODELS
 
     async def embed(self, deployment: Deployment, inputs: Sequence[str], dimensions: int) -> EmbeddingResult:
         dims = dimensions or self._settings.embedding_dimensions

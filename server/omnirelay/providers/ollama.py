@@ -64,6 +64,7 @@ from omnirelay.providers.upstream import ErrorBody, classify, present, request_i
 
 CHAT_PATH = "/api/chat"
 EMBED_PATH = "/api/embed"
+TAGS_PATH = "/api/tags"
 PROVIDER = "ollama"
 UNSUPPORTED = frozenset({"n", "logprobs", "top_logprobs"})
 
@@ -345,6 +346,16 @@ class OllamaStreamParser:
         return []
 
 
+def parse_models(data: Any, provider: str = PROVIDER) -> tuple[str, ...]:
+    """An /api/tags body as the names /api/chat accepts (``llama3.1:8b``), in order."""
+    try:
+        return tuple(str(m.get("name") or m["model"]) for m in data["models"] or ())
+    except (KeyError, TypeError, AttributeError):
+        raise MalformedResponseError(
+            f"{provider}: the model list has an unexpected shape", provider=provider
+        ) from None
+
+
 # Error mapping.
 
 
@@ -440,6 +451,13 @@ class OllamaProvider(HttpAdapter):
         if not 200 <= response.status < 300:
             raise self._error(response.status, response.headers, response.body)
         return parse_embeddings(self._json(response.body), len(inputs), self.name)
+
+    async def list_models(self) -> tuple[str, ...]:
+        """GET /api/tags, the models pulled on the server: free, for health probes."""
+        response = await self._transport.get(TAGS_PATH, self._headers)
+        if not 200 <= response.status < 300:
+            raise self._error(response.status, response.headers, response.body)
+        return parse_models(self._json(response.body), self.name)
 
     def _check_tool_choice(self, call: ProviderCall) -> None:
         request = call.request

@@ -348,6 +348,16 @@ def parse_embeddings(data: Any, provider: str = "openai") -> EmbeddingResult:
     return EmbeddingResult(vectors, TokenUsage(input_tokens=int(usage.get("prompt_tokens") or 0)))
 
 
+def parse_models(data: Any, provider: str = "openai") -> tuple[str, ...]:
+    """A /models body (``{"object": "list", "data": [{"id": …}, …]}``) as its model ids, in order."""
+    try:
+        return tuple(str(m["id"]) for m in data["data"])
+    except (KeyError, TypeError) as exc:
+        raise MalformedResponseError(
+            f"{provider}: unreadable model list ({type(exc).__name__})", provider=provider
+        ) from None
+
+
 def _vector(value: Any) -> tuple[float, ...]:
     if isinstance(value, str):
         floats = array("f", base64.b64decode(value, validate=True))
@@ -624,6 +634,11 @@ class OpenAIProvider(HttpAdapter):
         )
         return parse_embeddings(self._json(response), self.name)
 
+    async def list_models(self) -> tuple[str, ...]:
+        """GET /models: free, so health probes can call it as often as they like."""
+        response = await self._transport.get(self._models_path(), self._headers(), self._params())
+        return parse_models(self._json(response), self.name)
+
     # Hooks Azure overrides: where, how to authenticate, and its content-filter annotations.
 
     def _chat_path(self, deployment: Deployment) -> str:
@@ -631,6 +646,9 @@ class OpenAIProvider(HttpAdapter):
 
     def _embeddings_path(self, deployment: Deployment) -> str:
         return "/embeddings"
+
+    def _models_path(self) -> str:
+        return "/models"
 
     def _params(self) -> Mapping[str, str] | None:
         return None

@@ -11,6 +11,11 @@ first one empty as Anthropic sends it. Errors are
 ``request-id`` header; an error after the stream started is an ``event: error``
 frame under HTTP 200. Anthropic has no content-filter error: a filtered answer
 is a 200 with ``stop_reason: "refusal"``.
+
+The free model listing is ``GET /v1/models`` with an ``anthropic-version``
+header (``list_models``; server.py routes the path, which OpenAI shares):
+``{"data": [{"type": "model", "id", "display_name", "created_at"}], "has_more",
+"first_id", "last_id"}``, newest first, every model on one page.
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ _CREDIT = (
 )
 _PERMISSION = "Your API key does not have permission to use the specified resource."
 _OVERLOADED = "Overloaded"
+# What GET /v1/models lists, newest first as Anthropic orders it: (id, display_name, created_at).
+_MODELS = (
+    ("claude-sonnet-4-5-20250929", "Claude Sonnet 4.5", "2025-09-29T00:00:00Z"),
+    ("claude-opus-4-1-20250805", "Claude Opus 4.1", "2025-08-05T00:00:00Z"),
+    ("claude-3-5-haiku-20241022", "Claude Haiku 3.5", "2024-10-22T00:00:00Z"),
+)
 
 
 def routes(sim: Simulator) -> list[web.RouteDef]:
@@ -61,6 +72,22 @@ def routes(sim: Simulator) -> list[web.RouteDef]:
         return await _messages(sim, request)
 
     return [web.post("/v1/messages", messages)]
+
+
+async def list_models(sim: Simulator, request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models`` in Anthropic's shape: free, recorded as a listing, failing as the header says."""
+    plan, served = sim.listing(FORMAT, request.headers.get("x-sim-options", ""))
+    try:
+        early = await _fault(request, served, plan, stream=False)
+        if early is not None:
+            return early
+        await pause(request, served, plan.ttft)
+    except ClientGoneError:
+        return web.Response()
+    served.completed = True
+    data = [{"type": "model", "id": i, "display_name": n, "created_at": c} for i, n, c in _MODELS]
+    page = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+    return web.json_response(page, headers={"request-id": plan.request_id})
 
 
 async def _messages(sim: Simulator, request: web.Request) -> web.StreamResponse:

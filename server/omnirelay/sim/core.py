@@ -16,6 +16,17 @@ Options:
                      malformed (invalid JSON) stream_error (the format's in-stream error)
     retry_after=S    with 429/503/529: the retry-after header (seconds)
     after=N          with drop/stream_error/malformed in a stream: tokens sent first (default 3)
+    fail_first=N     the fault hits only the first N requests for this exact model string,
+                     ``+options`` and all (``x-sim-options`` is not part of it); later requests
+                     for it are answered normally: "fails twice, then recovers" for retry and
+                     circuit-breaker tests. Counted per Simulator across every wire format;
+                     ``reset()`` (POST /_sim/reset) starts every count again.
+
+Model listings (``GET /v1/models``, ``/openai/models``, ``/v1beta/models``,
+``/api/tags``) spend no tokens and are the health probes' target; they are
+recorded apart from completions (``listings`` in the stats) and take options
+from the ``x-sim-options`` header only: a fault, ``ttft``, and ``fail_first``,
+which there counts the listings the simulator has served.
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ import random
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aiohttp import web
@@ -56,6 +67,9 @@ FAULTS = frozenset(
         "stream_error",
     }
 )
+
+# A listing has no prompt to filter or overflow and no stream to break: these faults answer normally.
+_NOT_FOR_LISTINGS = frozenset({"filter", "context", "stream_error"})
 
 
 def count_tokens(text: str) -> int:
@@ -127,6 +141,19 @@ class Served:
     disconnected: bool = False
 
 
+def _row(s: Served) -> dict[str, Any]:
+    return {
+        "format": s.format,
+        "model": s.model,
+        "stream": s.stream,
+        "fault": s.fault,
+        "request_id": s.request_id,
+        "pieces_sent": s.pieces_sent,
+        "completed": s.completed,
+        "disconnected": s.disconnected,
+    }
+
+
 class ClientGoneError(Exception):
     """The client closed the connection; stop producing."""
 
@@ -146,16 +173,20 @@ class Simulator:
 
     def __init__(self) -> None:
         self.served: list[Served] = []
+        # Model listings, kept apart so a health probe never shows up as a completion.
+        self.listed: list[Served] = []
         self._counter = 0
+        # Requests seen per full model string, for fail_first; only strings that carry it are counted.
+        self._seen: dict[str, int] = {}
 
     def reset(self) -> None:
         self.served.clear()
+        self.listed.clear()
+        self._seen.clear()
 
     def plan(self, facts: PromptFacts) -> Plan:
         base, options = parse_options(facts.model, facts.options_header)
-        fault = options.get("fault", "")
-        if fault and fault not in FAULTS:
-            fault = "400"
+        fault = self._fault(facts.model, options)
         self._counter += 1
         digest = hashlib.blake2b(f"{base}\x1f{facts.prompt}".encode(), digest_size=8).digest()
         rng = random.Random(int.from_bytes(digest))
@@ -197,10 +228,32 @@ class Simulator:
             request_id=f"sim-{self._counter:06d}",
         )
 
+    def _fault(self, model: str, options: Mapping[str, str]) -> str:
+        """The fault this request gets: none once fail_first requests for ``model`` have had it."""
+        fault = options.get("fault", "")
+        if fault and fault not in FAULTS:
+            fault = "400"
+        if "fail_first" in options:
+            seen = self._seen.get(model, 0) + 1
+            self._seen[model] = seen
+            if seen > int(options["fail_first"]):
+                return ""
+        return fault
+
     def record(self, fmt: str, plan: Plan, stream: bool) -> Served:
         served = Served(fmt, plan.model, stream, plan.fault, plan.request_id)
         self.served.append(served)
         return served
+
+    def listing(self, fmt: str, options_header: str) -> tuple[Plan, Served]:
+        """Plan and record one model listing: options come from the header, the record is ``listed``."""
+        # The empty model string is the listings' own fail_first count, apart from every completion's.
+        plan = self.plan(PromptFacts(model="", prompt="", options_header=options_header))
+        if plan.fault in _NOT_FOR_LISTINGS:
+            plan = replace(plan, fault="")
+        served = Served(fmt, "", False, plan.fault, plan.request_id)
+        self.listed.append(served)
+        return plan, served
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -208,19 +261,10 @@ class Simulator:
             "completed": sum(1 for s in self.served if s.completed),
             "disconnected": sum(1 for s in self.served if s.disconnected),
             "by_format": _count(s.format for s in self.served),
-            "served": [
-                {
-                    "format": s.format,
-                    "model": s.model,
-                    "stream": s.stream,
-                    "fault": s.fault,
-                    "request_id": s.request_id,
-                    "pieces_sent": s.pieces_sent,
-                    "completed": s.completed,
-                    "disconnected": s.disconnected,
-                }
-                for s in self.served
-            ],
+            "served": [_row(s) for s in self.served],
+            "listings": len(self.listed),
+            "listings_by_format": _count(s.format for s in self.listed),
+            "listed": [_row(s) for s in self.listed],
         }
 
 

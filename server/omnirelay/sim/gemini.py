@@ -12,6 +12,10 @@ Faults take Gemini's own shapes (copied from recorded traffic): a bad key is
 ``RESOURCE_EXHAUSTED`` with ``QuotaFailure`` and ``RetryInfo``, overload is
 503 ``UNAVAILABLE``, a blocked prompt is a 200 with ``promptFeedback``, and a
 failure mid-stream is the raw JSON error body written after the SSE frames.
+
+The free model listing is ``GET /v1beta/models``: ``{"models": [{"name":
+"models/…", "supportedGenerationMethods": [...], ...}]}``, every model on one
+page (so no ``nextPageToken``).
 """
 
 from __future__ import annotations
@@ -47,6 +51,15 @@ _CONTEXT_LIMIT = 1_048_576
 _EMBEDDING_DIMENSIONS = 768
 # Gemini's SSE frames: compact between items, a space after each key.
 _SEPARATORS = (",", ": ")
+_CHAT_METHODS = ("generateContent", "countTokens", "createCachedContent", "batchGenerateContent")
+_EMBED_METHODS = ("embedContent", "countTextTokens", "countTokens")
+# What GET /v1beta/models lists: (id, display name, version, input limit, output limit, methods).
+_MODELS = (
+    ("gemini-2.5-pro", "Gemini 2.5 Pro", "2.5", 1_048_576, 65_536, _CHAT_METHODS),
+    ("gemini-2.5-flash", "Gemini 2.5 Flash", "001", 1_048_576, 65_536, _CHAT_METHODS),
+    ("gemini-2.0-flash", "Gemini 2.0 Flash", "2.0", 1_048_576, 8_192, _CHAT_METHODS),
+    ("text-embedding-004", "Text Embedding 004", "004", 2_048, 1, _EMBED_METHODS),
+)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,8 +69,11 @@ class BadRequestError(Exception):
 
 
 def routes(sim: Simulator) -> list[web.RouteDef]:
+    async def models(request: web.Request) -> web.StreamResponse:
+        return await _list_models(sim, request)
+
     # aiohttp cannot split "model:method" inside one path segment; the handler does.
-    return [web.post("/v1beta/models/{target}", _handler(sim))]
+    return [web.post("/v1beta/models/{target}", _handler(sim)), web.get("/v1beta/models", models)]
 
 
 def _handler(sim: Simulator) -> Handler:
@@ -202,6 +218,40 @@ class _Writer:
     async def close(self) -> None:
         if not self.sse:
             await send(self.request, self.response, self.served, b"\n]" if self.started else b"[]")
+
+
+# ---------------------------------------------------------------- model listing
+
+
+async def _list_models(sim: Simulator, request: web.Request) -> web.StreamResponse:
+    """The model list: free, recorded as a listing, failing only as the header's fault says."""
+    plan, served = sim.listing(FORMAT, request.headers.get("x-sim-options", ""))
+    try:
+        await pause(request, served, plan.ttft)
+        early = await _unary_fault(request, served, plan)
+    except ClientGoneError:
+        return web.Response()
+    if early is not None:
+        return early
+    served.completed = True
+    return _pretty({"models": [_model_entry(*model) for model in _MODELS]})
+
+
+def _model_entry(
+    model: str, display: str, version: str, inputs: int, outputs: int, methods: tuple[str, ...]
+) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": f"models/{model}",
+        "version": version,
+        "displayName": display,
+        "description": display,
+        "inputTokenLimit": inputs,
+        "outputTokenLimit": outputs,
+        "supportedGenerationMethods": list(methods),
+    }
+    if "generateContent" in methods:
+        entry.update({"temperature": 1, "topP": 0.95, "topK": 64, "maxTemperature": 2})
+    return entry
 
 
 # ---------------------------------------------------------------- embeddings

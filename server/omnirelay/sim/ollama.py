@@ -9,6 +9,9 @@ stream started is one more line ``{"error": ...}`` under HTTP 200.
 
 Ollama has no ``tool_choice``: a tool call is planned only when the model name
 asks for one (``+tool=NAME``), standing in for a model that decides to call.
+
+The free model listing is ``GET /api/tags``: ``{"models": [{"name", "model",
+"modified_at", "size", "digest", "details"}]}``, the models pulled locally.
 """
 
 from __future__ import annotations
@@ -60,6 +63,14 @@ _FAULTS: dict[str, tuple[int, str]] = {
     "stream_error": (500, _RUNNER_ERROR),
 }
 
+# What GET /api/tags lists: (name, family, parameter size, quantization, bytes on disk).
+_MODELS = (
+    ("llama3.1:8b", "llama", "8.0B", "Q4_K_M", 4_920_753_328),
+    ("llama3.2:latest", "llama", "3.2B", "Q4_K_M", 2_019_393_189),
+    ("nomic-embed-text:latest", "nomic-bert", "137M", "F16", 274_302_450),
+)
+_MODIFIED_AT = "2025-06-01T12:00:00.000000000Z"
+
 
 def routes(sim: Simulator) -> list[web.RouteDef]:
     async def chat(request: web.Request) -> web.StreamResponse:
@@ -68,7 +79,44 @@ def routes(sim: Simulator) -> list[web.RouteDef]:
     async def embed(request: web.Request) -> web.StreamResponse:
         return await _embed(sim, request)
 
-    return [web.post("/api/chat", chat), web.post("/api/embed", embed)]
+    async def tags(request: web.Request) -> web.StreamResponse:
+        return await _tags(sim, request)
+
+    return [web.post("/api/chat", chat), web.post("/api/embed", embed), web.get("/api/tags", tags)]
+
+
+async def _tags(sim: Simulator, request: web.Request) -> web.StreamResponse:
+    """The local models: free, recorded as a listing, failing only as the header's fault says."""
+    plan, served = sim.listing(FORMAT, request.headers.get("x-sim-options", ""))
+    try:
+        early = await _fault(request, served, plan, False)
+        if early is not None:
+            return early
+        await pause(request, served, plan.ttft)
+    except ClientGoneError:
+        return web.Response()
+    served.completed = True
+    return web.json_response({"models": [_tag(*model) for model in _MODELS]})
+
+
+def _tag(name: str, family: str, size: str, quantization: str, disk: int) -> dict[str, Any]:
+    details = {
+        "parent_model": "",
+        "format": "gguf",
+        "family": family,
+        "families": [family],
+        "parameter_size": size,
+        "quantization_level": quantization,
+    }
+    return {
+        "name": name,
+        "model": name,
+        "modified_at": _MODIFIED_AT,
+        "size": disk,
+        # A stable stand-in for the manifest digest: the same name always has the same one.
+        "digest": hashlib.sha256(name.encode()).hexdigest(),
+        "details": details,
+    }
 
 
 async def _chat(sim: Simulator, request: web.Request) -> web.StreamResponse:

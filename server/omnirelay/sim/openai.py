@@ -4,7 +4,10 @@ Routes: ``POST /v1/chat/completions`` and ``/v1/embeddings`` (OpenAI, and every
 OpenAI-compatible server, Ollama's /v1 included), and Azure's
 ``/openai/deployments/{deployment}/chat/completions|embeddings?api-version=…``
 which wants an ``api-key`` (or Bearer) header and annotates answers with
-``prompt_filter_results`` and per-choice ``content_filter_results``.
+``prompt_filter_results`` and per-choice ``content_filter_results``. The free
+model listings: ``GET /v1/models`` (``list_models``, which server.py routes, as
+Anthropic shares the path) and Azure's ``GET /openai/models?api-version=…``,
+both ``{"object": "list", "data": [{"id", "object": "model", "created", "owned_by"}]}``.
 
 Shapes follow the recorded traffic in the shared fixtures (openai/*, azure/*):
 a stream opens with a role delta, sends one ``delta.content`` per piece (a tool
@@ -101,6 +104,14 @@ _AZURE_FILTER = (
     "Please modify your prompt and retry. To learn more about our content filtering policies please read "
     "our documentation: https://go.microsoft.com/fwlink/?linkid=2198766"
 )
+# What GET /v1/models lists: (id, created, owned_by). The simulator answers any model name;
+# this is only what a probe sees.
+_MODELS = (
+    ("gpt-4o", 1715367049, "system"),
+    ("gpt-4o-mini", 1721172741, "system"),
+    ("o3-mini", 1737146383, "system"),
+    ("text-embedding-3-small", 1705948997, "system"),
+)
 _SAFE = {"filtered": False, "severity": "safe"}
 _PROMPT_FILTER = {
     "hate": _SAFE,
@@ -132,12 +143,21 @@ def routes(sim: Simulator) -> list[web.RouteDef]:
     async def azure_embeddings(request: web.Request) -> web.StreamResponse:
         return _azure_gate(request) or await _embeddings(sim, request, azure=True)
 
+    async def azure_models(request: web.Request) -> web.StreamResponse:
+        return _azure_gate(request) or await _list_models(sim, request, azure=True)
+
     return [
         web.post("/v1/chat/completions", chat),
         web.post("/v1/embeddings", embeddings),
         web.post("/openai/deployments/{deployment}/chat/completions", azure_chat),
         web.post("/openai/deployments/{deployment}/embeddings", azure_embeddings),
+        web.get("/openai/models", azure_models),
     ]
+
+
+async def list_models(sim: Simulator, request: web.Request) -> web.StreamResponse:
+    """``GET /v1/models`` in OpenAI's shape."""
+    return await _list_models(sim, request, azure=False)
 
 
 # --- requests -----------------------------------------------------------------------------------------
@@ -588,6 +608,24 @@ async def _embeddings(sim: Simulator, request: web.Request, azure: bool) -> web.
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
     }
     return web.json_response(answer, headers=_headers(plan, azure))
+
+
+# --- model listing ------------------------------------------------------------------------------------
+
+
+async def _list_models(sim: Simulator, request: web.Request, azure: bool) -> web.StreamResponse:
+    """The model list: free, recorded as a listing, failing only as the header's fault says."""
+    plan, served = sim.listing("azure" if azure else "openai", request.headers.get("x-sim-options", ""))
+    try:
+        early = await _fault(request, served, plan, False, azure)
+        if early is not None:
+            return early
+        await pause(request, served, plan.ttft)
+    except ClientGoneError:
+        return web.Response()
+    served.completed = True
+    data = [{"id": i, "object": "model", "created": c, "owned_by": o} for i, c, o in _MODELS]
+    return web.json_response({"object": "list", "data": data}, headers=_headers(plan, azure))
 
 
 def _vector(model: str, text: str, dims: int, as_base64: bool) -> list[float] | str:

@@ -1,12 +1,18 @@
 """The provider simulator as one HTTP server: every wire format, plus its own record.
 
 Routes (each format module adds its own):
-    OpenAI     POST /v1/chat/completions, /v1/embeddings
+    OpenAI     POST /v1/chat/completions, /v1/embeddings          GET /v1/models
     Azure      POST /openai/deployments/{deployment}/chat/completions?api-version=…
-    Anthropic  POST /v1/messages
+                                                                  GET /openai/models?api-version=…
+    Anthropic  POST /v1/messages                                  GET /v1/models (anthropic-version header)
     Gemini     POST /v1beta/models/{model}:generateContent, :streamGenerateContent?alt=sse, :embedContent
+                                                                  GET /v1beta/models
     Ollama     POST /api/chat, /api/embed (and the OpenAI shape under /v1 via the OpenAI routes)
+                                                                  GET /api/tags
     GET  /_sim/stats   what was served (JSON)      POST /_sim/reset   forget it
+
+The GETs are the free model listings health probes use; the stats count them as
+``listings``, never as requests served.
 """
 
 from __future__ import annotations
@@ -28,7 +34,16 @@ def build(sim: Simulator | None = None) -> web.Application:
     app[SIM_KEY] = simulator
     for module in (openai, anthropic, gemini, ollama):
         app.add_routes(module.routes(simulator))
-    app.add_routes([web.get("/_sim/stats", _stats), web.post("/_sim/reset", _reset)])
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        # OpenAI and Anthropic both list at /v1/models; Anthropic's clients always send this header.
+        if "anthropic-version" in request.headers:
+            return await anthropic.list_models(simulator, request)
+        return await openai.list_models(simulator, request)
+
+    app.add_routes(
+        [web.get("/v1/models", models), web.get("/_sim/stats", _stats), web.post("/_sim/reset", _reset)]
+    )
     return app
 
 
