@@ -17,11 +17,17 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from omnirelay.config.routing import BreakerSettings, RetrySettings
 from omnirelay.config.schema import Settings
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import Edge, InFlight
 from omnirelay.providers.registry import ProviderRegistry
+from omnirelay.resilience.health import RouteHealth
+from omnirelay.resilience.retry import RetryBudget
 from omnirelay.routing.catalog import ModelCatalog
+from omnirelay.routing.router import Router
+from omnirelay.routing.strategies import default_strategies
+from omnirelay.routing.targets import TargetPool
 from omnirelay.services.completion import CompletionService
 from omnirelay.services.health import HealthService
 from omnirelay.services.pending import BenchmarkService, UsageService
@@ -46,6 +52,8 @@ SERVICE_NAMES = (
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
 )
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Services whose health follows the routes: NOT_SERVING when no deployment can take a call.
+ROUTED_SERVICES = SERVICE_NAMES[:2]
 
 
 @dataclass
@@ -57,6 +65,8 @@ class App:
     health: HealthService
     gateway: Gateway
     providers: ProviderRegistry
+    pool: TargetPool
+    route_health: RouteHealth
     in_flight: InFlight
     host: str
     port: int
@@ -87,6 +97,7 @@ class App:
         stopping = asyncio.ensure_future(self.server.stop(grace))
         self.health.close_watches()
         await stopping
+        self.route_health.close()
         await self.providers.aclose()
         log.info("stopped")
 
@@ -105,8 +116,33 @@ def build_app(
     """
     s = settings.server
     providers = ProviderRegistry.from_settings(settings.providers)
-    catalog = ModelCatalog(settings.models, settings.presets, providers.names(), settings.default_model)
-    gateway = Gateway(catalog, providers)
+    resilience = settings.resilience
+
+    def breaker_for(provider: str) -> BreakerSettings:
+        own = settings.providers[provider].breaker if provider in settings.providers else None
+        return own or resilience.breaker
+
+    def retry_for(provider: str) -> RetrySettings:
+        own = settings.providers[provider].retry if provider in settings.providers else None
+        return own or resilience.retry
+
+    route_health = RouteHealth(
+        lambda deployment: breaker_for(deployment.partition("/")[0]).reset_timeout_seconds
+    )
+    pool = TargetPool(breaker_for, retry_for, route_health.on_change)
+    catalog = ModelCatalog(
+        settings.models,
+        settings.presets,
+        providers,
+        settings.providers,
+        settings.default_model,
+        settings.routing,
+        pool,
+    )
+    router = Router(
+        catalog, dict(default_strategies()), RetryBudget(resilience.retry_budget), settings.routing
+    )
+    gateway = Gateway(router, providers)
 
     edge = Edge()
     server = aio.server(
@@ -136,10 +172,30 @@ def build_app(
     )
     health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    async def publish(serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ROUTED_SERVICES:
+            await health_servicer.set(name, status)
+
+    route_health.bind(pool.any_available, publish)
     if s.reflection:
         reflection.enable_server_reflection((*SERVICE_NAMES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
 
     bind_host = host if host is not None else s.host
     bind_port = port if port is not None else s.port
     bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
-    return App(settings, server, health_servicer, gateway, providers, edge.in_flight, bind_host, bound)
+    return App(
+        settings,
+        server,
+        health_servicer,
+        gateway,
+        providers,
+        pool,
+        route_health,
+        edge.in_flight,
+        bind_host,
+        bound,
+    )

@@ -11,9 +11,11 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from omnirelay.config import ConfigError, Settings, load_raw, load_settings, masked
-from omnirelay.config.schema import build_settings
+from omnirelay.config.schema import CAPABILITIES, build_settings
+from omnirelay.domain import Deployment
 
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
@@ -72,6 +74,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     models.add_argument("--target", help="ask this gateway instead of reading the settings")
     models.add_argument("--profile")
+    models.add_argument("--all", action="store_true", help="include registry models no provider serves here")
+    models.add_argument("--provider", default="", help="only models this provider serves")
+    models.add_argument(
+        "--capability",
+        action="append",
+        default=[],
+        choices=CAPABILITIES,
+        help="only models with this capability (repeatable)",
+    )
     models.set_defaults(func=_models)
 
     sim = sub.add_parser(
@@ -176,31 +187,59 @@ def _chat(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    rows: list[tuple[str, str, str, str, str]] = []
+    from omnirelay.services.render import CAPABILITIES
+
+    names = {v: k for k, v in CAPABILITIES.items()}
+    wanted = [CAPABILITIES[c] for c in args.capability]
     if args.target:
-        from omnirelay.services.render import CAPABILITIES
         from omnirelay_client import Client, OmniRelayError
 
-        names = {v: k for k, v in CAPABILITIES.items()}
         try:
             with Client(args.target, timeout=10.0) as client:
-                for m in client.list_models():
-                    caps = ",".join(names[c] for c in m.capabilities)
-                    rows.append(
-                        (m.name, ",".join(m.providers), ",".join(m.aliases), str(m.context_window), caps)
-                    )
+                models = client.list_models(
+                    provider=args.provider, capabilities=wanted, include_unavailable=args.all
+                )
         except OmniRelayError as exc:
             print(f"omnirelay: {exc}", file=sys.stderr)
             return EXIT_FAILED
     else:
-        for s in load_settings(args.profile).models.values():
-            caps = ",".join(s.capabilities)
-            rows.append((s.name, s.provider, ",".join(s.aliases), str(s.context_window), caps))
-    header = ("MODEL", "PROVIDER", "ALIASES", "CONTEXT", "CAPABILITIES")
+        from omnirelay.routing.catalog import bind_providers
+        from omnirelay.services.render import model_info
+
+        settings = load_settings(args.profile)
+        models = []
+        for m in settings.models.values():
+            bound = [
+                Deployment(f"{p}/{d.provider_model}", p, d.provider_model)
+                for d in m.deployments
+                for p in bind_providers(d.provider, settings.providers)
+            ]
+            info = model_info(m, bound or None)
+            shown = (info.available or args.all) and set(wanted) <= set(info.capabilities)
+            if shown and (not args.provider or args.provider in info.providers):
+                models.append(info)
+    header = ("MODEL", "PROVIDERS", "ALIASES", "CONTEXT", "USD/M IN/OUT", "CAPABILITIES")
+    rows = [
+        (
+            m.name if m.available else f"{m.name} (unavailable)",
+            ",".join(m.providers),
+            ",".join(m.aliases),
+            str(m.context_window),
+            _price(m.pricing),
+            ",".join(names[c] for c in m.capabilities),
+        )
+        for m in models
+    ]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *sorted(rows)]:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
     return 0
+
+
+def _price(p: Any) -> str:
+    if not p.known:
+        return "-"
+    return f"{p.input_per_million_micros / 1e6:g}/{p.output_per_million_micros / 1e6:g}"
 
 
 def _sim(args: argparse.Namespace) -> int:

@@ -285,6 +285,32 @@ class ProviderCall:
     deployment: Deployment
 
 
+class AttemptOutcome(enum.Enum):
+    SUCCESS = "success"
+    RATE_LIMITED = "rate_limited"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    CONNECTION_ERROR = "connection_error"
+    CIRCUIT_OPEN = "circuit_open"
+    REJECTED = "rejected"
+    CANCELLED = "cancelled"
+    STREAM_BROKEN = "stream_broken"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One try at one deployment, as the caller sees it in route facts and error details."""
+
+    model: str
+    deployment: Deployment
+    outcome: AttemptOutcome
+    detail: str = ""
+    latency_seconds: float = 0.0
+    upstream_request_id: str = ""
+    # The error's stable reason (``UPSTREAM_RATE_LIMITED``…), empty on success.
+    reason: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class RouteInfo:
     """How a call was served, for the response's route facts."""
@@ -296,6 +322,9 @@ class RouteInfo:
     latency_seconds: float = 0.0
     ttft_seconds: float | None = None
     dropped_parameters: tuple[str, ...] = ()
+    # Every attempt in order, the serving one last (empty: a single first-try success).
+    attempts: tuple[AttemptRecord, ...] = ()
+    fallback_used: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -324,10 +353,20 @@ class RouteStart:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteChange:
+    """A stream moved to another deployment after chunks were delivered (``continue`` recovery)."""
+
+    previous: RouteInfo
+    route: RouteInfo
+    reason: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
 class StreamDone:
     """The stream completed; carries the final route facts (latency, time to first token)."""
 
     route: RouteInfo
 
 
-GatewayEvent = StreamChunk | RouteStart | StreamDone
+GatewayEvent = StreamChunk | RouteStart | RouteChange | StreamDone

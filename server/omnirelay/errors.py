@@ -11,7 +11,8 @@ and adds the rich details a caller can act on::
     │   └── ModelNotFoundError          NOT_FOUND         (+ close matches in the message and ErrorInfo)
     ├── DeadlineExceededError           DEADLINE_EXCEEDED
     ├── ResourceExhaustedError          RESOURCE_EXHAUSTED + RetryInfo, QuotaFailure
-    ├── UnavailableError                UNAVAILABLE       + RetryInfo, one DebugInfo entry per attempt
+    ├── UnavailableError                UNAVAILABLE       + RetryInfo
+    │   └── StreamInterruptedError      UNAVAILABLE       (the upstream failed after chunks were delivered)
     ├── UnimplementedError              UNIMPLEMENTED
     ├── ShuttingDownError               UNAVAILABLE       (the server is draining)
     └── UpstreamError                   a provider failure (+ provider, HTTP status, upstream request id)
@@ -33,6 +34,11 @@ and adds the rich details a caller can act on::
 ``retryable`` on an UpstreamError says whether another attempt (or another
 deployment) may succeed; routing reads it, callers see it in ErrorInfo.
 
+Any error that ends a routed call carries that call's ``attempts``: each one's
+model, provider, deployment, outcome, reason and upstream request id, sent as an
+``omnirelay.v1.RouteFacts`` detail (typed, for clients) and as ``DebugInfo``
+lines (readable in grpcurl).
+
 Foreign exceptions are translated where they are caught (``raise ... from exc``);
 ``to_status`` is the only place a gRPC status is built from an error. Messages
 never contain secrets: adapters pass only what the caller may see.
@@ -49,8 +55,10 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 # The same violation types the client exposes: one definition of what goes on the wire.
+from omnirelay.domain import AttemptOutcome, AttemptRecord
 from omnirelay_client.errors import FieldViolation as FieldViolation
 from omnirelay_client.errors import QuotaViolation as QuotaViolation
+from omnirelay_client.v1 import types_pb2
 
 ERROR_DOMAIN = "omnirelay.dev"
 
@@ -69,6 +77,8 @@ class OmniRelayError(Exception):
         super().__init__(message)
         self.message = message
         self.metadata: dict[str, str] = dict(metadata or {})
+        # Set by routing on the error that ends a call.
+        self.attempts: tuple[AttemptRecord, ...] = ()
 
     def _details(self) -> Iterable[Detail]:
         """Rich details beyond ErrorInfo; subclasses add theirs."""
@@ -81,6 +91,8 @@ class OmniRelayError(Exception):
             metadata["request_id"] = request_id
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         details = [_pack(info), *(_pack(d) for d in self._details())]
+        if self.attempts:
+            details.extend(_pack(d) for d in _attempt_details(self.attempts))
         status = status_pb2.Status(code=_CODES[self.code], message=self.message, details=details)
         converted: grpc.Status = rpc_status.to_status(status)
         return converted
@@ -180,22 +192,38 @@ class ResourceExhaustedError(OmniRelayError):
 
 
 class UnavailableError(OmniRelayError):
-    """No upstream could serve the call; one detail entry per failed attempt."""
+    """No upstream could serve the call; the attempts say what each one did."""
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "UPSTREAM_UNAVAILABLE"
 
     def __init__(
-        self, message: str, *, attempts: Sequence[str] = (), retry_after_seconds: float | None = None
+        self,
+        message: str,
+        *,
+        attempts: Sequence[AttemptRecord] = (),
+        retry_after_seconds: float | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, metadata=metadata)
         self.attempts = tuple(attempts)
         self.retry_after_seconds = retry_after_seconds
 
     def _details(self) -> Iterable[Detail]:
         yield from _retry_info(self.retry_after_seconds)
-        if self.attempts:
-            yield error_details_pb2.DebugInfo(stack_entries=list(self.attempts), detail="attempts")
+
+
+class StreamInterruptedError(UnavailableError):
+    """The upstream failed after chunks reached the caller; says how much was delivered."""
+
+    reason = "STREAM_INTERRUPTED"
+
+    def __init__(self, message: str, *, delivered_chunks: int, upstream_request_id: str = "") -> None:
+        metadata = {"delivered_chunks": str(delivered_chunks)}
+        if upstream_request_id:
+            metadata["upstream_request_id"] = upstream_request_id
+        super().__init__(message, metadata=metadata)
+        self.delivered_chunks = delivered_chunks
 
 
 class UnimplementedError(OmniRelayError):
@@ -210,6 +238,31 @@ class ShuttingDownError(OmniRelayError):
 
     code = grpc.StatusCode.UNAVAILABLE
     reason = "SHUTTING_DOWN"
+
+
+_OUTCOMES = {o: getattr(types_pb2, f"ATTEMPT_OUTCOME_{o.name}") for o in AttemptOutcome}
+
+
+def _attempt_details(attempts: Sequence[AttemptRecord]) -> Iterable[Detail]:
+    facts = types_pb2.RouteFacts()
+    lines = []
+    for a in attempts:
+        whole = int(a.latency_seconds)
+        facts.attempts.append(
+            types_pb2.Attempt(
+                model=a.model,
+                provider=a.deployment.provider,
+                deployment=a.deployment.name,
+                outcome=_OUTCOMES[a.outcome],
+                detail=f"{a.reason}: {a.detail}" if a.reason else a.detail,
+                latency=duration_pb2.Duration(seconds=whole, nanos=int((a.latency_seconds - whole) * 1e9)),
+                upstream_request_id=a.upstream_request_id,
+            )
+        )
+        upstream = f" [upstream request {a.upstream_request_id}]" if a.upstream_request_id else ""
+        lines.append(f"{a.deployment.name} ({a.model}): {a.outcome.value} {a.reason}{upstream}: {a.detail}")
+    yield facts
+    yield error_details_pb2.DebugInfo(stack_entries=lines, detail="attempts")
 
 
 def _retry_info(seconds: float | None) -> Iterable[Detail]:

@@ -108,8 +108,13 @@ def test_models_from_settings_and_from_the_server(served: Served) -> None:
     assert local.returncode == remote.returncode == 0
     assert local.stdout == remote.stdout
     lines = local.stdout.splitlines()
-    assert lines[0].split() == ["MODEL", "PROVIDER", "ALIASES", "CONTEXT", "CAPABILITIES"]
-    assert lines[2].split()[:3] == ["local-small", "local", "default,fast,cheap"]
+    assert lines[0].split() == ["MODEL", "PROVIDERS", "ALIASES", "CONTEXT", "USD/M", "IN/OUT", "CAPABILITIES"]
+    assert lines[2].split()[:5] == ["local-small", "local", "default,fast,cheap", "8192", "0/0"]
+    # The shipped registry is listed too with --all; models no provider serves here say so.
+    everything = run_cli("models", "--all").stdout.splitlines()
+    gpt4o = next(line.split() for line in everything if line.startswith("gpt-4o "))
+    assert gpt4o[1:3] == ["(unavailable)", "azure,openai"]
+    assert gpt4o[5] == "2.5/10"
 
 
 def test_health_command(served: Served) -> None:

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from grpc import aio
 
+from omnirelay.domain import AttemptOutcome, AttemptRecord, Deployment
 from omnirelay.errors import (
     DeadlineExceededError,
     FailedPreconditionError,
@@ -20,7 +21,7 @@ from omnirelay.errors import (
 from omnirelay.interceptors.edge import Edge
 from omnirelay_client import AsyncClient
 from omnirelay_client import errors as client_errors
-from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
+from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, types_pb2
 
 
 class _Failing(completion_pb2_grpc.CompletionServiceServicer):
@@ -70,12 +71,40 @@ async def test_unavailable_lists_every_attempt(failing: tuple[_Failing, AsyncCli
     servicer, client = failing
     servicer.error = UnavailableError(
         "no upstream answered",
-        attempts=["openai/gpt-4o: 503", "anthropic/claude: timeout"],
+        attempts=[
+            AttemptRecord(
+                "gpt-4o",
+                Deployment("openai/gpt-4o", "openai", "gpt-4o"),
+                AttemptOutcome.UPSTREAM_ERROR,
+                "server error",
+                0.25,
+                "req-1",
+                "UPSTREAM_SERVER_ERROR",
+            ),
+            AttemptRecord(
+                "claude",
+                Deployment("anthropic/claude", "anthropic", "claude"),
+                AttemptOutcome.TIMEOUT,
+                "no answer in 5s",
+                5.0,
+                "",
+                "UPSTREAM_TIMEOUT",
+            ),
+        ],
         retry_after_seconds=2,
     )
     with pytest.raises(client_errors.UnavailableError) as caught:
         await client.complete("hi")
-    assert caught.value.attempts == ("openai/gpt-4o: 503", "anthropic/claude: timeout")
+    assert caught.value.attempts == (
+        "openai/gpt-4o (gpt-4o): upstream_error UPSTREAM_SERVER_ERROR [upstream request req-1]: server error",
+        "anthropic/claude (claude): timeout UPSTREAM_TIMEOUT: no answer in 5s",
+    )
+    typed = caught.value.route_attempts
+    assert [(a.provider, a.deployment, a.outcome, a.upstream_request_id) for a in typed] == [
+        ("openai", "openai/gpt-4o", types_pb2.ATTEMPT_OUTCOME_UPSTREAM_ERROR, "req-1"),
+        ("anthropic", "anthropic/claude", types_pb2.ATTEMPT_OUTCOME_TIMEOUT, ""),
+    ]
+    assert typed[1].latency.seconds == 5
     assert caught.value.retry_delay == 2.0
     assert caught.value.reason == "UPSTREAM_UNAVAILABLE"
 

@@ -130,7 +130,10 @@ async def test_unknown_provider_prefix_is_not_found(channel: aio.Channel) -> Non
 
 
 async def test_strict_parameters_refuse_what_the_provider_cannot_do(channel: aio.Channel) -> None:
-    req = request(response_format=types_pb2.ResponseFormat(type=types_pb2.ResponseFormat.TYPE_JSON_OBJECT))
+    req = request(
+        model="local/small",
+        response_format=types_pb2.ResponseFormat(type=types_pb2.ResponseFormat.TYPE_JSON_OBJECT),
+    )
     req.routing.strict_parameters = True
     error = await _complete_error(channel, req)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

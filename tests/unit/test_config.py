@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from omnirelay.config import ConfigError, LocalProviderSettings, load_raw, load_settings, masked
+from omnirelay.config.routing import DeploymentSettings
 
 
 def test_development_is_the_default_profile() -> None:
@@ -26,7 +27,8 @@ def test_profiles_inherit_default_and_override_only_what_they_set() -> None:
     # Inherited from [default], untouched by [production]:
     assert prod.server.port == dev.server.port == 50051
     assert prod.server.keepalive_time_ms == dev.server.keepalive_time_ms
-    assert set(prod.models) == set(dev.models) == {"local-small", "local-large"}
+    assert set(prod.models) == set(dev.models)
+    assert {"local-small", "local-large", "gpt-4o", "claude-sonnet-4"} <= set(dev.models)
     # A nested table set in [default] is merged, not replaced, by a profile's partial table.
     assert prod.models["local-large"].presets["creative"].temperature == 1.0
 
@@ -92,7 +94,7 @@ def test_model_pointing_at_an_unknown_provider_is_rejected(
     with pytest.raises(ConfigError) as caught:
         load_settings()
     assert [str(p) for p in caught.value.problems] == [
-        "models.ghost.provider = 'nowhere': expected a configured provider: local"
+        "models.ghost.provider = 'nowhere': expected a configured provider (local) or a provider kind"
     ]
 
 
@@ -107,7 +109,7 @@ def test_operator_file_adds_models_and_presets(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("OMNIRELAY_CONFIG", str(extra))
     dev = load_settings("development")
     assert dev.models["local-tiny"].aliases == ("tiny",)
-    assert dev.models["local-tiny"].provider_model == "local-tiny"
+    assert dev.models["local-tiny"].deployments == (DeploymentSettings("local", "local-tiny"),)
     assert dev.presets["terse"].max_tokens == 3
     assert load_settings("production").presets["terse"].max_tokens == 5
 

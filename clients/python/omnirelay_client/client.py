@@ -203,10 +203,17 @@ class AsyncClient(_Base):
             return await self._completion.CountTokens(request, timeout=timeout, metadata=metadata)
 
     async def list_models(
-        self, *, provider: str = "", options: CallOptions | None = None
+        self,
+        *,
+        provider: str = "",
+        capabilities: Sequence[types_pb2.Capability.ValueType] = (),
+        include_unavailable: bool = False,
+        options: CallOptions | None = None,
     ) -> list[types_pb2.ModelInfo]:
         timeout, metadata = self._call_args(options)
-        request = completion_pb2.ListModelsRequest(provider=provider)
+        request = completion_pb2.ListModelsRequest(
+            provider=provider, capabilities=capabilities, include_unavailable=include_unavailable
+        )
         with _typed_errors():
             response = await self._completion.ListModels(request, timeout=timeout, metadata=metadata)
         return list(response.models)
@@ -275,11 +282,17 @@ class Client(_Base):
             call.cancel()
 
     def list_models(
-        self, *, provider: str = "", options: CallOptions | None = None
+        self,
+        *,
+        provider: str = "",
+        capabilities: Sequence[types_pb2.Capability.ValueType] = (),
+        include_unavailable: bool = False,
+        options: CallOptions | None = None,
     ) -> list[types_pb2.ModelInfo]:
         timeout, metadata = self._call_args(options)
+        request = completion_pb2.ListModelsRequest(
+            provider=provider, capabilities=capabilities, include_unavailable=include_unavailable
+        )
         with _typed_errors():
-            response = self._completion.ListModels(
-                completion_pb2.ListModelsRequest(provider=provider), timeout=timeout, metadata=metadata
-            )
+            response = self._completion.ListModels(request, timeout=timeout, metadata=metadata)
         return list(response.models)

@@ -6,7 +6,7 @@ OmniRelayError
 ├── FailedPreconditionError
 ├── DeadlineExceededError
 ├── ResourceExhaustedError   .retry_delay, .quota_violations
-├── UnavailableError         .retry_delay, .attempts
+├── UnavailableError         .retry_delay, .attempts, .route_attempts
 ├── UnimplementedError
 ├── UnauthenticatedError
 ├── PermissionDeniedError
@@ -21,6 +21,8 @@ from typing import Any
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from omnirelay_client.v1 import types_pb2
 
 _DETAILS_KEY = "grpc-status-details-bin"
 
@@ -49,7 +51,9 @@ class OmniRelayError(Exception):
         self.field_violations: tuple[FieldViolation, ...] = ()
         self.quota_violations: tuple[QuotaViolation, ...] = ()
         self.retry_delay: float | None = None
+        # One readable line per attempt (DebugInfo), and the same attempts typed (RouteFacts).
         self.attempts: tuple[str, ...] = ()
+        self.route_attempts: tuple[types_pb2.Attempt, ...] = ()
         self.request_id = ""
 
 
@@ -136,6 +140,10 @@ def _debug_info(result: OmniRelayError, debug: error_details_pb2.DebugInfo) -> N
     result.attempts = tuple(debug.stack_entries)
 
 
+def _route_facts(result: OmniRelayError, facts: types_pb2.RouteFacts) -> None:
+    result.route_attempts = tuple(facts.attempts)
+
+
 # Each google.rpc detail type the server sends, and where it lands on the exception.
 _DETAILS: dict[str, tuple[Any, Any]] = {
     cls.DESCRIPTOR.full_name: (cls, apply)
@@ -145,6 +153,7 @@ _DETAILS: dict[str, tuple[Any, Any]] = {
         (error_details_pb2.RetryInfo, _retry_info),
         (error_details_pb2.QuotaFailure, _quota_failure),
         (error_details_pb2.DebugInfo, _debug_info),
+        (types_pb2.RouteFacts, _route_facts),
     )
 }
 

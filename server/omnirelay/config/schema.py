@@ -1,20 +1,34 @@
-"""The validated settings: frozen dataclasses, and the one pass that builds them.
-
-Validation and conversion are one walk over the raw mapping so that every
-problem is found in a single run (an operator fixes them all at once), each
-reported as ``key = value: what is allowed``. Unknown keys are problems too: a
-misspelt key silently ignored is a production incident later.
-"""
+"""The validated settings: frozen dataclasses, and the one pass that builds them (see ``reader``)."""
 
 from __future__ import annotations
 
-import math
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 from typing import Any
 
+from omnirelay.config.reader import MISSING, ConfigError, ConfigProblem, Section
+from omnirelay.config.routing import (
+    BreakerSettings,
+    DeploymentSettings,
+    ModelRoutingSettings,
+    PricingSettings,
+    ResilienceSettings,
+    RetrySettings,
+    RoutingSettings,
+    breaker_settings,
+    deployments,
+    model_routing,
+    pricing,
+    resilience_settings,
+    retry_settings,
+    routing_settings,
+)
 from omnirelay.domain import Sampling
+
+__all__ = ["MISSING", "ConfigError", "ConfigProblem"]
 
 PROFILES = ("development", "staging", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -36,25 +50,6 @@ OPENAI_FLAVORS = (
 )
 # Keys whose values are secrets (matched at the end of the name: `max_output_tokens` is not one).
 SECRET_KEYS = ("api_key", "token", "secret", "password")
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    key: str
-    value: object
-    allowed: str
-
-    def __str__(self) -> str:
-        shown = "<missing>" if self.value is _MISSING else repr(self.value)
-        return f"{self.key} = {shown}: {self.allowed}"
-
-
-class ConfigError(Exception):
-    """The settings are invalid; ``problems`` holds one entry per bad key."""
-
-    def __init__(self, problems: list[ConfigProblem]) -> None:
-        super().__init__("\n".join(str(p) for p in problems))
-        self.problems = problems
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +83,8 @@ class LocalProviderSettings:
     embedding_dimensions: int = 64
     api_key: str = field(default="", repr=False)
     kind: str = "local"
+    retry: RetrySettings | None = None
+    breaker: BreakerSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +106,9 @@ class HttpProviderSettings:
     http2: bool = False
     strict_parameters: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    # This provider's own retry and breaker settings (None: the [resilience] ones).
+    retry: RetrySettings | None = None
+    breaker: BreakerSettings | None = None
 
 
 ProviderSettings = LocalProviderSettings | HttpProviderSettings
@@ -116,15 +116,19 @@ ProviderSettings = LocalProviderSettings | HttpProviderSettings
 
 @dataclass(frozen=True, slots=True)
 class ModelSettings:
+    """A model of the registry: what it is, what it costs, where it runs, how it is routed."""
+
     name: str
-    provider: str
-    provider_model: str
     family: str
     aliases: tuple[str, ...]
     capabilities: tuple[str, ...]
     context_window: int
     max_output_tokens: int
     presets: Mapping[str, Sampling]
+    deployments: tuple[DeploymentSettings, ...]
+    pricing: PricingSettings | None = None
+    deprecation_date: str = ""
+    routing: ModelRoutingSettings = field(default_factory=ModelRoutingSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,111 +140,8 @@ class Settings:
     providers: Mapping[str, ProviderSettings]
     models: Mapping[str, ModelSettings]
     presets: Mapping[str, Sampling]
-
-
-_MISSING: Any = object()
-
-
-class _Section:
-    """Typed reads from one table of the raw settings, collecting problems."""
-
-    def __init__(self, raw: object, path: str, problems: list[ConfigProblem]) -> None:
-        self.path = path
-        self.problems = problems
-        if isinstance(raw, Mapping):
-            self.raw: Mapping[str, Any] = {str(k).lower(): v for k, v in raw.items()}
-        else:
-            self.raw = {}
-            problems.append(ConfigProblem(path, raw, "expected a table"))
-        self.seen: set[str] = set()
-
-    def _get(self, key: str, default: object) -> Any:
-        self.seen.add(key)
-        value = self.raw.get(key, default)
-        if value is _MISSING:
-            self.problem(key, _MISSING, "required")
-        return value
-
-    def problem(self, key: str, value: object, allowed: str) -> None:
-        self.problems.append(ConfigProblem(f"{self.path}.{key}" if self.path else key, value, allowed))
-
-    def get_int(self, key: str, lo: int, hi: int, default: object = _MISSING) -> int:
-        value = self._get(key, default)
-        if value is _MISSING:
-            return lo
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            self.problem(key, value, f"expected an integer from {lo} to {hi}")
-            return lo
-        return value
-
-    def get_float(self, key: str, lo: float, hi: float, default: object = _MISSING) -> float:
-        value = self._get(key, default)
-        if value is _MISSING:
-            return lo
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        if not ok or not math.isfinite(value) or not lo <= value <= hi:
-            self.problem(key, value, f"expected a number from {lo:g} to {hi:g}")
-            return lo
-        return float(value)
-
-    def get_bool(self, key: str, default: object = _MISSING) -> bool:
-        value = self._get(key, default)
-        if value is _MISSING:
-            return False
-        if not isinstance(value, bool):
-            self.problem(key, value, "expected true or false")
-            return False
-        return value
-
-    def get_str(self, key: str, choices: tuple[str, ...] = (), default: object = _MISSING) -> str:
-        value = self._get(key, default)
-        if value is _MISSING:
-            return ""
-        if not isinstance(value, str) or (choices and value not in choices):
-            self.problem(
-                key, value, f"expected one of {', '.join(choices)}" if choices else "expected a string"
-            )
-            return choices[0] if choices else ""
-        return value
-
-    def get_str_list(
-        self, key: str, choices: tuple[str, ...] = (), default: object = _MISSING
-    ) -> tuple[str, ...]:
-        value = self._get(key, default)
-        if value is _MISSING:
-            return ()
-        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-            self.problem(key, value, "expected a list of strings")
-            return ()
-        bad = [v for v in value if choices and v not in choices]
-        if bad:
-            self.problem(key, value, f"unknown {', '.join(bad)}; expected any of {', '.join(choices)}")
-        return tuple(v for v in value if v not in bad)
-
-    def get_str_map(self, key: str) -> tuple[tuple[str, str], ...]:
-        self.seen.add(key)
-        value = self.raw.get(key, {})
-        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
-            self.problem(key, value, "expected a table of strings")
-            return ()
-        return tuple((str(k), v) for k, v in value.items())
-
-    def tables(self, key: str) -> dict[str, _Section]:
-        self.seen.add(key)
-        raw = self.raw.get(key, {})
-        if not isinstance(raw, Mapping):
-            self.problem(key, raw, "expected a table of tables")
-            return {}
-        prefix = f"{self.path}.{key}" if self.path else key
-        return {str(name): _Section(value, f"{prefix}.{name}", self.problems) for name, value in raw.items()}
-
-    def section(self, key: str) -> _Section:
-        self.seen.add(key)
-        return _Section(self.raw.get(key, {}), f"{self.path}.{key}" if self.path else key, self.problems)
-
-    def reject_unknown(self, ignore: tuple[str, ...] = ()) -> None:
-        for key in sorted(set(self.raw) - self.seen - set(ignore)):
-            self.problem(key, self.raw[key], "unknown key")
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
 
 
 def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
@@ -248,12 +149,15 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
     problems: list[ConfigProblem] = []
     if profile not in PROFILES:
         problems.append(ConfigProblem("profile", profile, f"expected one of {', '.join(PROFILES)}"))
-    top = _Section(raw, "", problems)
+    top = Section(raw, "", problems)
     server = _server(top.section("server"))
     logging = _logging(top.section("logging"))
-    providers = {name: _provider(name, s) for name, s in top.tables("providers").items()}
+    routing = routing_settings(top.section("routing"))
+    resilience = resilience_settings(top.section("resilience"))
+    providers = {name: _provider(name, s, resilience) for name, s in top.tables("providers").items()}
     presets = {name: _sampling(s) for name, s in top.tables("presets").items()}
-    models = {name: _model(name, s, providers) for name, s in top.tables("models").items()}
+    tables = _model_tables(top, routing.shipped_models)
+    models = {name: _model(name, s, providers) for name, s in tables.items()}
     default_model = top.get_str("default_model")
     known = set(models) | {a for m in models.values() for a in m.aliases}
     if default_model and default_model not in known and "/" not in default_model:
@@ -261,14 +165,15 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
             "default_model", default_model, f"expected a configured model: {', '.join(sorted(known))}"
         )
     _check_aliases(models, problems)
+    _check_fallbacks(models, known, problems)
     # Dynaconf's own switches arrive as settings keys; they are not ours to validate.
     top.reject_unknown(ignore=("env", "load_dotenv", "config", "secrets"))
     if problems:
         raise ConfigError(problems)
-    return Settings(profile, default_model, server, logging, providers, models, presets)
+    return Settings(profile, default_model, server, logging, providers, models, presets, routing, resilience)
 
 
-def _server(s: _Section) -> ServerSettings:
+def _server(s: Section) -> ServerSettings:
     result = ServerSettings(
         host=s.get_str("host"),
         port=s.get_int("port", 0, 65535),
@@ -285,16 +190,23 @@ def _server(s: _Section) -> ServerSettings:
     return result
 
 
-def _logging(s: _Section) -> LoggingSettings:
+def _logging(s: Section) -> LoggingSettings:
     result = LoggingSettings(level=s.get_str("level", LOG_LEVELS), format=s.get_str("format", LOG_FORMATS))
     s.reject_unknown()
     return result
 
 
-def _provider(name: str, s: _Section) -> ProviderSettings:
+def _overrides(s: Section, base: ResilienceSettings) -> tuple[RetrySettings | None, BreakerSettings | None]:
+    retry = retry_settings(s.section("retry"), base.retry) if s.has("retry") else None
+    breaker = breaker_settings(s.section("breaker"), base.breaker) if s.has("breaker") else None
+    return retry, breaker
+
+
+def _provider(name: str, s: Section, resilience: ResilienceSettings) -> ProviderSettings:
     kind = s.get_str("kind", PROVIDER_KINDS)
+    retry, breaker = _overrides(s, resilience)
     if kind != "local":
-        return _http_provider(name, kind, s)
+        return _http_provider(name, kind, s, retry, breaker)
     result = LocalProviderSettings(
         name=name,
         ttft_ms=s.get_float("ttft_ms", 0.0, 600_000.0, default=0.0),
@@ -302,6 +214,8 @@ def _provider(name: str, s: _Section) -> ProviderSettings:
         default_output_tokens=s.get_int("default_output_tokens", 1, 1_000_000, default=24),
         embedding_dimensions=s.get_int("embedding_dimensions", 1, 65_536, default=64),
         api_key=s.get_str("api_key", default=""),
+        retry=retry,
+        breaker=breaker,
     )
     s.reject_unknown()
     return result
@@ -315,7 +229,9 @@ _DEFAULT_URLS = {
 }
 
 
-def _http_provider(name: str, kind: str, s: _Section) -> HttpProviderSettings:
+def _http_provider(
+    name: str, kind: str, s: Section, retry: RetrySettings | None, breaker: BreakerSettings | None
+) -> HttpProviderSettings:
     base_url = s.get_str("base_url", default=_DEFAULT_URLS.get(kind, ""))
     if not base_url.startswith(("http://", "https://")):
         s.problem("base_url", base_url, "expected an http:// or https:// URL")
@@ -341,6 +257,8 @@ def _http_provider(name: str, kind: str, s: _Section) -> HttpProviderSettings:
         http2=s.get_bool("http2", default=False),
         strict_parameters=s.get_bool("strict_parameters", default=False),
         headers=s.get_str_map("headers"),
+        retry=retry,
+        breaker=breaker,
     )
     if kind == "azure" and not result.api_version:
         s.problem("api_version", "", "required for kind azure, e.g. 2024-10-21")
@@ -348,26 +266,57 @@ def _http_provider(name: str, kind: str, s: _Section) -> HttpProviderSettings:
     return result
 
 
-def _model(name: str, s: _Section, providers: Mapping[str, ProviderSettings]) -> ModelSettings:
-    provider = s.get_str("provider")
-    if provider and provider not in providers:
-        s.problem("provider", provider, f"expected a configured provider: {', '.join(sorted(providers))}")
+def _model(name: str, s: Section, providers: Mapping[str, ProviderSettings]) -> ModelSettings:
+    placed = deployments(s, name)
+    for i, d in enumerate(placed):
+        # A provider kind with no provider of that kind configured is allowed: the shipped
+        # registry names every kind, and such a deployment is simply not routable here.
+        if d.provider not in providers and d.provider not in PROVIDER_KINDS:
+            s.problem(
+                f"deployments[{i}].provider" if s.has("deployments") else "provider",
+                d.provider,
+                f"expected a configured provider ({', '.join(sorted(providers))}) or a provider kind",
+            )
     result = ModelSettings(
         name=name,
-        provider=provider,
-        provider_model=s.get_str("provider_model", default=name),
         family=s.get_str("family", default=name),
         aliases=s.get_str_list("aliases", default=[]),
         capabilities=s.get_str_list("capabilities", CAPABILITIES, default=[]),
         context_window=s.get_int("context_window", 1, 100_000_000),
         max_output_tokens=s.get_int("max_output_tokens", 1, 100_000_000),
         presets={preset: _sampling(p) for preset, p in s.tables("presets").items()},
+        deployments=placed,
+        pricing=pricing(s),
+        deprecation_date=s.get_str("deprecation_date", default=""),
+        routing=model_routing(s),
     )
     s.reject_unknown()
     return result
 
 
-def _sampling(s: _Section) -> Sampling:
+def _shipped_models() -> dict[str, Any]:
+    with resources.files("omnirelay.routing").joinpath("models.toml").open("rb") as f:
+        models: dict[str, Any] = tomllib.load(f)["models"]
+    return models
+
+
+def _model_tables(top: Section, shipped: bool) -> dict[str, Section]:
+    """The configured models over the shipped registry: a configured key wins, per key."""
+    configured = top.raw.get("models", {})
+    if not shipped or not isinstance(configured, Mapping):
+        return top.tables("models")
+    merged: dict[str, Any] = _shipped_models()
+    for name, table in configured.items():
+        base = merged.get(str(name))
+        if isinstance(base, Mapping) and isinstance(table, Mapping):
+            merged[str(name)] = {**base, **{str(k).lower(): v for k, v in table.items()}}
+        else:
+            merged[str(name)] = table
+    top.seen.add("models")
+    return {name: Section(value, f"models.{name}", top.problems) for name, value in merged.items()}
+
+
+def _sampling(s: Section) -> Sampling:
     def opt_float(key: str, lo: float, hi: float) -> float | None:
         return s.get_float(key, lo, hi) if key in s.raw else None
 
@@ -400,5 +349,18 @@ def _check_aliases(models: Mapping[str, ModelSettings], problems: list[ConfigPro
                         f"models.{model.name}.aliases",
                         alias,
                         f"alias already names {other!r}; aliases must be unique",
+                    )
+                )
+
+
+def _check_fallbacks(
+    models: Mapping[str, ModelSettings], known: set[str], problems: list[ConfigProblem]
+) -> None:
+    for model in models.values():
+        for target in model.routing.fallbacks:
+            if target not in known and "/" not in target:
+                problems.append(
+                    ConfigProblem(
+                        f"models.{model.name}.fallbacks", target, "expected a configured model or alias"
                     )
                 )

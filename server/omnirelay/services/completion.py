@@ -68,7 +68,10 @@ class CompletionService(completion_pb2_grpc.CompletionServiceServicer):
         wanted = set(request.capabilities)
         models = [
             info
-            for info in (render.model_info(m) for m in self._gateway.catalog.models())
+            for info in (
+                render.model_info(m, [t.deployment for t in entry.targets] if entry is not None else None)
+                for m, entry in self._gateway.catalog.models(request.include_unavailable)
+            )
             if wanted <= set(info.capabilities)
             and (not request.provider or request.provider in info.providers)
         ]

@@ -72,6 +72,7 @@ def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> 
         bad.append(FieldViolation("tool_choice.mode", "requires at least one tool in `tools`"))
     sampling = _sampling(msg.sampling, bad) if msg.HasField("sampling") else d.Sampling()
     cache = _cache(msg.cache, bad) if msg.HasField("cache") else _DEFAULT_CACHE
+    routing = _routing(msg.routing, bad) if msg.HasField("routing") else _DEFAULT_ROUTING
     if bad:
         raise InvalidArgumentError(bad)
     return d.CompletionRequest(
@@ -81,18 +82,35 @@ def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> 
         tool_choice=tool_choice,
         sampling=sampling,
         preset=msg.preset,
-        routing=_routing(msg.routing) if msg.HasField("routing") else _DEFAULT_ROUTING,
+        routing=routing,
         cache=cache,
         attribution=_attribution(msg.attribution) if msg.HasField("attribution") else _DEFAULT_ATTRIBUTION,
         request_id=request_id,
     )
 
 
-def _routing(routing: types_pb2.RoutingOptions) -> d.Routing:
+_STRATEGIES = {
+    types_pb2.RoutingOptions.STRATEGY_UNSPECIFIED: "",
+    types_pb2.RoutingOptions.STRATEGY_PRIORITY: "priority",
+    types_pb2.RoutingOptions.STRATEGY_WEIGHTED: "weighted",
+    types_pb2.RoutingOptions.STRATEGY_LEAST_IN_FLIGHT: "least_in_flight",
+    types_pb2.RoutingOptions.STRATEGY_LOWEST_LATENCY: "lowest_latency",
+    types_pb2.RoutingOptions.STRATEGY_LOWEST_COST: "lowest_cost",
+    types_pb2.RoutingOptions.STRATEGY_STICKY: "sticky",
+}
+
+
+def _routing(routing: types_pb2.RoutingOptions, bad: list[FieldViolation]) -> d.Routing:
+    strategy = _STRATEGIES.get(routing.strategy)
+    if strategy is None:
+        bad.append(FieldViolation("routing.strategy", f"unknown strategy {routing.strategy}"))
+    for i, name in enumerate(routing.fallback_models):
+        if not name:
+            bad.append(FieldViolation(f"routing.fallback_models[{i}]", "must name a model"))
     return d.Routing(
         allow_fallback=routing.allow_fallback if routing.HasField("allow_fallback") else None,
         fallback_models=tuple(routing.fallback_models),
-        strategy=types_pb2.RoutingOptions.Strategy.Name(routing.strategy),
+        strategy=strategy or "",
         sticky_key=routing.sticky_key,
         strict_parameters=routing.strict_parameters,
     )

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from google.protobuf import duration_pb2
 
 from omnirelay import domain as d
+from omnirelay.config.routing import PricingSettings
 from omnirelay.config.schema import ModelSettings
 from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
@@ -144,14 +147,39 @@ def stream_event(e: d.GatewayEvent) -> stream_pb2.StreamCompleteResponse:
     return stream_pb2.StreamCompleteResponse(done=stream_pb2.Done(route=route_facts(e.route)))
 
 
-def model_info(m: ModelSettings) -> types_pb2.ModelInfo:
+def _per_million(usd: float | None) -> int:
+    return round((usd or 0.0) * 1_000_000)
+
+
+def pricing(p: PricingSettings | None) -> types_pb2.Pricing:
+    if p is None:
+        return types_pb2.Pricing()
+    return types_pb2.Pricing(
+        input_per_million_micros=_per_million(p.input),
+        output_per_million_micros=_per_million(p.output),
+        cached_input_per_million_micros=_per_million(p.cached_input),
+        source=p.source,
+        as_of=p.as_of,
+        known=True,
+    )
+
+
+def model_info(m: ModelSettings, deployments: Sequence[d.Deployment] | None) -> types_pb2.ModelInfo:
+    """A registry model; ``deployments`` None means no configured provider serves it here."""
+    if deployments is None:
+        providers = sorted({p.provider for p in m.deployments})
+    else:
+        providers = sorted({p.provider for p in deployments})
     return types_pb2.ModelInfo(
         name=m.name,
         family=m.family,
         aliases=m.aliases,
-        providers=[m.provider],
+        providers=providers,
         capabilities=[CAPABILITIES[c] for c in m.capabilities],
         context_window=m.context_window,
         max_output_tokens=m.max_output_tokens,
-        pricing=types_pb2.Pricing(),
+        pricing=pricing(m.pricing),
+        available=deployments is not None,
+        deployments=[x.name for x in deployments or ()],
+        deprecation_date=m.deprecation_date,
     )

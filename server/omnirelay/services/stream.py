@@ -11,7 +11,7 @@ from omnirelay.errors import FieldViolation, InvalidArgumentError
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import current_request_id
 from omnirelay.services import convert, render
-from omnirelay.services.context import route_metadata
+from omnirelay.services.context import deadline, route_metadata
 from omnirelay_client.v1 import stream_pb2, stream_pb2_grpc
 
 
@@ -28,7 +28,7 @@ class StreamCompletionService(stream_pb2_grpc.StreamCompletionServiceServicer):
             raise InvalidArgumentError(
                 [FieldViolation(f"request.{v.field}", v.description) for v in exc.violations]
             ) from None
-        events = self._gateway.stream(domain_request)
+        events = self._gateway.stream(domain_request, deadline(context))
         write = context.write
         event_to_proto = render.stream_event
         try:

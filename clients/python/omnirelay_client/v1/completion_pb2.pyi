@@ -299,8 +299,11 @@ class ListModelsRequest(_message.Message):
 
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    INCLUDE_UNAVAILABLE_FIELD_NUMBER: _builtins.int
     provider: _builtins.str
     """Only models served by this provider. Empty means any."""
+    include_unavailable: _builtins.bool
+    """Also list registry models no configured provider serves here."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.Capability.ValueType]:
         """Only models with every one of these capabilities."""
@@ -310,10 +313,11 @@ class ListModelsRequest(_message.Message):
         *,
         capabilities: _abc.Iterable[_types_pb2.Capability.ValueType] | None = ...,
         provider: _builtins.str = ...,
+        include_unavailable: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "provider", b"provider"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "include_unavailable", b"include_unavailable", "provider", b"provider"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1126,22 +1126,34 @@ class Pricing(_message.Message):
     INPUT_PER_MILLION_MICROS_FIELD_NUMBER: _builtins.int
     OUTPUT_PER_MILLION_MICROS_FIELD_NUMBER: _builtins.int
     CACHED_INPUT_PER_MILLION_MICROS_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    KNOWN_FIELD_NUMBER: _builtins.int
     input_per_million_micros: _builtins.int
     """Per million input tokens."""
     output_per_million_micros: _builtins.int
     """Per million output tokens."""
     cached_input_per_million_micros: _builtins.int
     """Per million cached input tokens."""
+    source: _builtins.str
+    """Where the prices were read (a provider's pricing page, or "self-hosted")."""
+    as_of: _builtins.str
+    """When they were read (YYYY-MM-DD)."""
+    known: _builtins.bool
+    """False when no price is known (prices above are then 0 and mean nothing)."""
     def __init__(
         self,
         *,
         input_per_million_micros: _builtins.int = ...,
         output_per_million_micros: _builtins.int = ...,
         cached_input_per_million_micros: _builtins.int = ...,
+        source: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+        known: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_per_million_micros", b"cached_input_per_million_micros", "input_per_million_micros", b"input_per_million_micros", "output_per_million_micros", b"output_per_million_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "cached_input_per_million_micros", b"cached_input_per_million_micros", "input_per_million_micros", b"input_per_million_micros", "known", b"known", "output_per_million_micros", b"output_per_million_micros", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1161,6 +1173,9 @@ class ModelInfo(_message.Message):
     CONTEXT_WINDOW_FIELD_NUMBER: _builtins.int
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _builtins.int
     PRICING_FIELD_NUMBER: _builtins.int
+    AVAILABLE_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    DEPRECATION_DATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Canonical name."""
     family: _builtins.str
@@ -1169,6 +1184,10 @@ class ModelInfo(_message.Message):
     """Context window in tokens."""
     max_output_tokens: _builtins.int
     """Maximum output tokens."""
+    available: _builtins.bool
+    """True when a configured provider serves it on this server (false: registry knowledge only)."""
+    deprecation_date: _builtins.str
+    """The provider's announced retirement date (YYYY-MM-DD), empty when none is known."""
     @_builtins.property
     def aliases(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Other names that resolve to it."""
@@ -1185,6 +1204,10 @@ class ModelInfo(_message.Message):
     def pricing(self) -> Global___Pricing:
         """Prices."""
 
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The deployments that serve it here ("provider/provider_model"), in configured order."""
+
     def __init__(
         self,
         *,
@@ -1196,10 +1219,13 @@ class ModelInfo(_message.Message):
         context_window: _builtins.int = ...,
         max_output_tokens: _builtins.int = ...,
         pricing: Global___Pricing | None = ...,
+        available: _builtins.bool = ...,
+        deployments: _abc.Iterable[_builtins.str] | None = ...,
+        deprecation_date: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["pricing", b"pricing"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "capabilities", b"capabilities", "context_window", b"context_window", "family", b"family", "max_output_tokens", b"max_output_tokens", "name", b"name", "pricing", b"pricing", "providers", b"providers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["aliases", b"aliases", "available", b"available", "capabilities", b"capabilities", "context_window", b"context_window", "deployments", b"deployments", "deprecation_date", b"deprecation_date", "family", b"family", "max_output_tokens", b"max_output_tokens", "name", b"name", "pricing", b"pricing", "providers", b"providers"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

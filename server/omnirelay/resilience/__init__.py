@@ -1,0 +1,1 @@
+"""Surviving upstream failures: circuit breakers, retry policies and budgets, failure classes."""
