@@ -23,6 +23,7 @@ from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import Edge, InFlight
 from omnirelay.providers.registry import ProviderRegistry
 from omnirelay.resilience.health import RouteHealth
+from omnirelay.resilience.probes import Prober
 from omnirelay.resilience.retry import RetryBudget
 from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.routing.router import Router
@@ -67,6 +68,7 @@ class App:
     providers: ProviderRegistry
     pool: TargetPool
     route_health: RouteHealth
+    prober: Prober | None
     in_flight: InFlight
     host: str
     port: int
@@ -80,6 +82,8 @@ class App:
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.prober is not None:
+            self.prober.start()
         log.info("serving on %s (profile %s)", self.address, self.settings.profile)
 
     async def shutdown(self, grace: float | None = None) -> None:
@@ -97,6 +101,8 @@ class App:
         stopping = asyncio.ensure_future(self.server.stop(grace))
         self.health.close_watches()
         await stopping
+        if self.prober is not None:
+            await self.prober.stop()
         self.route_health.close()
         await self.providers.aclose()
         log.info("stopped")
@@ -181,6 +187,7 @@ def build_app(
             await health_servicer.set(name, status)
 
     route_health.bind(pool.any_available, publish)
+    prober = Prober(providers, pool, resilience.probes) if resilience.probes.enabled else None
     if s.reflection:
         reflection.enable_server_reflection((*SERVICE_NAMES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
 
@@ -195,6 +202,7 @@ def build_app(
         providers,
         pool,
         route_health,
+        prober,
         edge.in_flight,
         bind_host,
         bound,

@@ -243,33 +243,36 @@ class ShuttingDownError(OmniRelayError):
 _OUTCOMES = {o: getattr(types_pb2, f"ATTEMPT_OUTCOME_{o.name}") for o in AttemptOutcome}
 
 
+def _duration(seconds: float) -> duration_pb2.Duration:
+    whole = int(seconds)
+    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+
+
+def attempt_proto(a: AttemptRecord) -> types_pb2.Attempt:
+    """One attempt as the contract's ``Attempt`` (route facts and error details alike)."""
+    return types_pb2.Attempt(
+        model=a.model,
+        provider=a.deployment.provider,
+        deployment=a.deployment.name,
+        outcome=_OUTCOMES[a.outcome],
+        detail=f"{a.reason}: {a.detail}" if a.reason else a.detail,
+        latency=_duration(a.latency_seconds),
+        upstream_request_id=a.upstream_request_id,
+    )
+
+
 def _attempt_details(attempts: Sequence[AttemptRecord]) -> Iterable[Detail]:
-    facts = types_pb2.RouteFacts()
+    yield types_pb2.RouteFacts(attempts=[attempt_proto(a) for a in attempts])
     lines = []
     for a in attempts:
-        whole = int(a.latency_seconds)
-        facts.attempts.append(
-            types_pb2.Attempt(
-                model=a.model,
-                provider=a.deployment.provider,
-                deployment=a.deployment.name,
-                outcome=_OUTCOMES[a.outcome],
-                detail=f"{a.reason}: {a.detail}" if a.reason else a.detail,
-                latency=duration_pb2.Duration(seconds=whole, nanos=int((a.latency_seconds - whole) * 1e9)),
-                upstream_request_id=a.upstream_request_id,
-            )
-        )
         upstream = f" [upstream request {a.upstream_request_id}]" if a.upstream_request_id else ""
         lines.append(f"{a.deployment.name} ({a.model}): {a.outcome.value} {a.reason}{upstream}: {a.detail}")
-    yield facts
     yield error_details_pb2.DebugInfo(stack_entries=lines, detail="attempts")
 
 
 def _retry_info(seconds: float | None) -> Iterable[Detail]:
     if seconds is not None:
-        whole = int(seconds)
-        delay = duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
-        yield error_details_pb2.RetryInfo(retry_delay=delay)
+        yield error_details_pb2.RetryInfo(retry_delay=_duration(seconds))
 
 
 class UpstreamError(OmniRelayError):

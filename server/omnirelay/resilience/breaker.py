@@ -100,6 +100,11 @@ class AsyncBreaker:
         with contextlib.suppress(BaseException):
             self._cb.state._handle_error(exc, reraise=False)
 
+    def probe_succeeded(self) -> None:
+        """A free health probe answered: an open breaker may try a real call now (half-open)."""
+        if self._cb.current_state == pybreaker.STATE_OPEN:
+            self._cb.half_open()
+
     def _reset_due(self) -> bool:
         opened_at = self._cb._state_storage.opened_at
         timeout = timedelta(seconds=self._cb.reset_timeout)

@@ -9,6 +9,7 @@ from google.protobuf import duration_pb2
 from omnirelay import domain as d
 from omnirelay.config.routing import PricingSettings
 from omnirelay.config.schema import ModelSettings
+from omnirelay.errors import attempt_proto
 from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
 _FINISH = {
@@ -49,12 +50,11 @@ def usage(u: d.TokenUsage, cost_micros: int = 0) -> types_pb2.Usage:
 
 
 def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
-    facts = types_pb2.RouteFacts(
-        requested_model=r.requested_model,
-        resolved_model=r.resolved_model,
-        provider=r.deployment.provider,
-        deployment=r.deployment.name,
-        attempts=[
+    if r.attempts:
+        attempts = [attempt_proto(a) for a in r.attempts]
+    else:
+        # A first-try success: its one attempt is the route itself.
+        attempts = [
             types_pb2.Attempt(
                 model=r.resolved_model,
                 provider=r.deployment.provider,
@@ -62,7 +62,14 @@ def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
                 outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
                 latency=duration(r.latency_seconds),
             )
-        ],
+        ]
+    facts = types_pb2.RouteFacts(
+        requested_model=r.requested_model,
+        resolved_model=r.resolved_model,
+        provider=r.deployment.provider,
+        deployment=r.deployment.name,
+        attempts=attempts,
+        fallback_used=r.fallback_used,
         latency=duration(r.latency_seconds),
         request_id=r.request_id,
         dropped_parameters=r.dropped_parameters,
@@ -144,6 +151,14 @@ def stream_event(e: d.GatewayEvent) -> stream_pb2.StreamCompleteResponse:
         return stream_pb2.StreamCompleteResponse(usage=usage(e.usage))
     if isinstance(e, d.RouteStart):
         return route_started(e.route, e.attempt)
+    if isinstance(e, d.RouteChange):
+        return stream_pb2.StreamCompleteResponse(
+            route_changed=stream_pb2.RouteChanged(
+                **{"from": route_started(e.previous, e.attempt - 1).route_started},
+                to=route_started(e.route, e.attempt).route_started,
+                reason=e.reason,
+            )
+        )
     return stream_pb2.StreamCompleteResponse(done=stream_pb2.Done(route=route_facts(e.route)))
 
 
