@@ -309,7 +309,11 @@ def _model_tables(top: Section, shipped: bool) -> dict[str, Section]:
     for name, table in configured.items():
         base = merged.get(str(name))
         if isinstance(base, Mapping) and isinstance(table, Mapping):
-            merged[str(name)] = {**base, **{str(k).lower(): v for k, v in table.items()}}
+            own = {str(k).lower(): v for k, v in table.items()}
+            if "provider" in own and "deployments" not in own:
+                # The one-deployment shorthand replaces the shipped deployments, not adds to them.
+                base = {k: v for k, v in base.items() if k != "deployments"}
+            merged[str(name)] = {**base, **own}
         else:
             merged[str(name)] = table
     top.seen.add("models")
