@@ -137,6 +137,9 @@ class _ChoiceState:
     """One choice being generated, one token per ``step``."""
 
     __slots__ = (
+        "_block",
+        "_block_index",
+        "_rng",
         "done",
         "emitted",
         "finish",
@@ -145,7 +148,7 @@ class _ChoiceState:
         "logprob_rng",
         "logprobs",
         "on_limit",
-        "rng",
+        "seed",
         "step_tokens",
         "stop",
         "text",
@@ -159,7 +162,10 @@ class _ChoiceState:
         self.index = index
         # Without max_tokens the default length is the answer's natural end, not a cut.
         self.on_limit = FinishReason.STOP if natural else FinishReason.LENGTH
-        self.rng = random.Random(seed)
+        self.seed = seed
+        self._rng: random.Random | None = None
+        self._block = b""
+        self._block_index = -1
         self.logprob_rng = random.Random(seed ^ 0x5EED) if want_logprobs else None
         self.logprobs: list[TokenLogprob] = []
         self.limit = limit
@@ -180,8 +186,7 @@ class _ChoiceState:
         if self.tokens >= self.limit:
             self.done, self.finish = True, self.on_limit
             return self._flush(len(self.text))
-        # int(random() * n) is what Random.choices does, so run_to_end's batch draw matches.
-        token = _TOKENS[int(self.rng.random() * _TOKEN_COUNT)]
+        token = self._token(self.tokens)
         self.text += token
         self.tokens += 1
         self.step_tokens = 1
@@ -197,7 +202,7 @@ class _ChoiceState:
         """Generate the rest at once (unary calls); returns the steps a stream would have taken."""
         if self.tool is None and not self.stop and self.logprob_rng is None and self.tokens == 0:
             # The common case in one call instead of one step per token.
-            self.text = "".join(self.rng.choices(_TOKENS, k=self.limit))
+            self.text = "".join([_TOKENS[b % _TOKEN_COUNT] for b in self._bytes(self.limit)])
             self.tokens = self.limit
             self.emitted = len(self.text)
             self.done, self.finish = True, self.on_limit
@@ -207,6 +212,30 @@ class _ChoiceState:
             self.step()
             steps += 1
         return steps
+
+    @property
+    def rng(self) -> random.Random:
+        """For the rarer draws (tool arguments, ids); made on first use, it costs more than the text."""
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng
+
+    def _bytes(self, count: int) -> bytes:
+        """The first ``count`` bytes of the hash stream ``_token`` reads."""
+        key = self.seed.to_bytes(8, "big")
+        return b"".join(
+            hashlib.blake2b(block.to_bytes(4, "big"), key=key).digest() for block in range((count + 63) >> 6)
+        )[:count]
+
+    def _token(self, i: int) -> str:
+        # Token i is byte i of a keyed hash stream (64 tokens per block): one blake2b call
+        # per 64 tokens instead of seeding a Mersenne Twister per choice. Streams and unary
+        # calls read the same stream, so they produce the same text.
+        block = i >> 6
+        if block != self._block_index:
+            self._block = hashlib.blake2b(block.to_bytes(4, "big"), key=self.seed.to_bytes(8, "big")).digest()
+            self._block_index = block
+        return _TOKENS[self._block[i & 63] % _TOKEN_COUNT]
 
     def _check_stop(self) -> list[StreamChunk]:
         # Search only where a new match can start: within the longest stop of the tail.
