@@ -39,44 +39,63 @@ def duration(seconds: float) -> duration_pb2.Duration:
 
 
 def usage(u: d.TokenUsage, cost_micros: int = 0) -> types_pb2.Usage:
-    return types_pb2.Usage(
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cached_input_tokens=u.cached_input_tokens,
-        reasoning_tokens=u.reasoning_tokens,
-        cost_micros=cost_micros,
-        estimated=u.estimated,
-    )
+    out = types_pb2.Usage()
+    _fill_usage(out, u, cost_micros)
+    return out
+
+
+def _fill_usage(out: types_pb2.Usage, u: d.TokenUsage, cost_micros: int = 0) -> None:
+    # Zero is proto3's default: setting only what is non-zero saves a field write each.
+    out.input_tokens = u.input_tokens
+    out.output_tokens = u.output_tokens
+    if u.cached_input_tokens:
+        out.cached_input_tokens = u.cached_input_tokens
+    if u.reasoning_tokens:
+        out.reasoning_tokens = u.reasoning_tokens
+    if cost_micros:
+        out.cost_micros = cost_micros
+    if u.estimated:
+        out.estimated = True
+
+
+def _set_duration(target: duration_pb2.Duration, seconds: float) -> None:
+    # Setting the fields in place costs about half of building a Duration and copying it in.
+    whole = int(seconds)
+    target.seconds = whole
+    target.nanos = int((seconds - whole) * 1e9)
 
 
 def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
+    facts = types_pb2.RouteFacts()
+    _fill_route(facts, r)
+    return facts
+
+
+def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo) -> None:
+    deployment = r.deployment
+    facts.requested_model = r.requested_model
+    facts.resolved_model = r.resolved_model
+    facts.provider = deployment.provider
+    facts.deployment = deployment.name
+    facts.request_id = r.request_id
+    if r.fallback_used:
+        facts.fallback_used = True
+    if r.dropped_parameters:
+        facts.dropped_parameters.extend(r.dropped_parameters)
     if r.attempts:
-        attempts = [attempt_proto(a) for a in r.attempts]
+        facts.attempts.extend([attempt_proto(a) for a in r.attempts])
     else:
         # A first-try success: its one attempt is the route itself.
-        attempts = [
-            types_pb2.Attempt(
-                model=r.resolved_model,
-                provider=r.deployment.provider,
-                deployment=r.deployment.name,
-                outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
-                latency=duration(r.latency_seconds),
-            )
-        ]
-    facts = types_pb2.RouteFacts(
-        requested_model=r.requested_model,
-        resolved_model=r.resolved_model,
-        provider=r.deployment.provider,
-        deployment=r.deployment.name,
-        attempts=attempts,
-        fallback_used=r.fallback_used,
-        latency=duration(r.latency_seconds),
-        request_id=r.request_id,
-        dropped_parameters=r.dropped_parameters,
-    )
+        first = facts.attempts.add(
+            model=r.resolved_model,
+            provider=deployment.provider,
+            deployment=deployment.name,
+            outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
+        )
+        _set_duration(first.latency, r.latency_seconds)
+    _set_duration(facts.latency, r.latency_seconds)
     if r.ttft_seconds is not None:
-        facts.time_to_first_token.CopyFrom(duration(r.ttft_seconds))
-    return facts
+        _set_duration(facts.time_to_first_token, r.ttft_seconds)
 
 
 def _logprobs(items: tuple[d.TokenLogprob, ...]) -> types_pb2.Logprobs:
@@ -85,32 +104,35 @@ def _logprobs(items: tuple[d.TokenLogprob, ...]) -> types_pb2.Logprobs:
     )
 
 
-def choice(c: d.Choice) -> types_pb2.Choice:
-    message = types_pb2.Message(
-        role=types_pb2.ROLE_ASSISTANT,
-        content=[types_pb2.ContentPart(text=c.text)] if c.text else [],
-        tool_calls=[
-            types_pb2.ToolCall(id=t.id, name=t.name, arguments_json=t.arguments_json) for t in c.tool_calls
-        ],
-    )
-    out = types_pb2.Choice(
-        index=c.index,
-        message=message,
-        finish_reason=_FINISH[c.finish_reason],
-        reasoning=c.reasoning,
-        refusal=c.refusal,
-    )
+def _fill_choice(out: types_pb2.Choice, c: d.Choice) -> None:
+    # Filled in place inside the response: building sub-messages and passing them in copies each.
+    out.index = c.index
+    out.finish_reason = _FINISH[c.finish_reason]
+    if c.reasoning:
+        out.reasoning = c.reasoning
+    if c.refusal:
+        out.refusal = c.refusal
+    message = out.message
+    message.role = types_pb2.ROLE_ASSISTANT
+    if c.text:
+        message.content.add(text=c.text)
+    for t in c.tool_calls:
+        message.tool_calls.add(id=t.id, name=t.name, arguments_json=t.arguments_json)
     if c.logprobs is not None:
-        out.logprobs.CopyFrom(_logprobs(c.logprobs))
-    return out
+        out.logprobs.tokens.extend(
+            [types_pb2.TokenLogprob(token=t.token, logprob=t.logprob) for t in c.logprobs]
+        )
 
 
 def complete_response(c: d.Completion) -> completion_pb2.CompleteResponse:
-    return completion_pb2.CompleteResponse(
-        choices=[choice(x) for x in c.result.choices],
-        usage=usage(c.result.usage),
-        route=route_facts(c.route),
-    )
+    result = c.result
+    response = completion_pb2.CompleteResponse()
+    _fill_usage(response.usage, result.usage)
+    _fill_route(response.route, c.route)
+    add = response.choices.add
+    for x in result.choices:
+        _fill_choice(add(), x)
+    return response
 
 
 def route_started(r: d.RouteInfo, attempt: int) -> stream_pb2.StreamCompleteResponse:
