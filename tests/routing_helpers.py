@@ -75,9 +75,7 @@ def routed(
     breaker: BreakerSettings = NEVER_OPEN,
 ) -> Settings:
     """``settings`` plus these providers and models, with the given routing and resilience."""
-    resilience = dataclasses.replace(
-        settings.resilience, retry=retry, retry_budget=budget, breaker=breaker
-    )
+    resilience = dataclasses.replace(settings.resilience, retry=retry, retry_budget=budget, breaker=breaker)
     return dataclasses.replace(
         settings,
         providers={**settings.providers, **{p.name: p for p in providers}},

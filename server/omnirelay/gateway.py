@@ -35,6 +35,10 @@ class Gateway:
         """RouteStart, the provider's chunks, then StreamDone. Closing it early stops the upstream."""
         return self.router.stream(request, deadline)
 
+    def default_deadline(self, model: str) -> float | None:
+        """When a call to ``model`` that set no deadline must end (event-loop time; None: never)."""
+        return self.router.default_deadline(model)
+
     async def embed(self, model: str, inputs: Sequence[str], dimensions: int) -> tuple[str, EmbeddingResult]:
         entry = self.catalog.resolve(model)
         provider = entry.targets[0].provider

@@ -5,11 +5,18 @@ Layers, later wins: the shipped ``settings.toml``; the operator's file
 file (``OMNIRELAY_SECRETS``, default ``./.secrets.toml`` when present, git-ignored);
 then ``OMNIRELAY_…`` environment variables (``__`` separates nested keys).
 Each file has ``[default]`` and per-profile tables; a profile inherits ``[default]``.
+
+Tables merge key by key and every other value, lists included, is replaced by
+the later layer: an operator who sets a model's ``aliases`` or ``deployments``
+means those, not the shipped ones plus theirs. Dynaconf's global merge appends
+lists and has no per-key switch, so the files are layered here and dynaconf
+reads the environment (typed values, ``__`` nesting).
 """
 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,20 +55,38 @@ def load_raw(profile: str | None = None) -> tuple[str, dict[str, Any]]:
     chosen = profile or os.environ.get("OMNIRELAY_ENV") or DEFAULT_PROFILE
     if chosen not in PROFILES:
         raise ConfigError([ConfigProblem("profile", chosen, f"expected one of {', '.join(PROFILES)}")])
-    dyn = Dynaconf(
-        settings_files=_files(os.environ),
-        environments=True,
-        env=chosen,
-        env_switcher="OMNIRELAY_ENV",
-        envvar_prefix="OMNIRELAY",
-        merge_enabled=True,
-        load_dotenv=False,
-    )
-    # An explicit profile must win over OMNIRELAY_ENV, which dynaconf also reads.
-    if dyn.current_env.lower() != chosen:
-        dyn.setenv(chosen)
-    raw = _lower_keys(dyn.as_dict())
+    raw: dict[str, Any] = {}
+    for path in _files(os.environ):
+        try:
+            with open(path, "rb") as f:
+                data = _lower_keys(tomllib.load(f))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([ConfigProblem(path, "", f"expected valid TOML ({exc})")]) from None
+        for section in ("default", chosen):
+            table = data.get(section, {})
+            if isinstance(table, Mapping):
+                _merge(raw, table)
+    env = Dynaconf(envvar_prefix="OMNIRELAY", environments=False, load_dotenv=False)
+    # Dynaconf's own switches arrive as settings keys; they are not settings of ours.
+    overrides = {k: v for k, v in _lower_keys(env.as_dict()).items() if k not in _SWITCHES}
+    _merge(raw, overrides)
     return chosen, raw
+
+
+_SWITCHES = frozenset({"load_dotenv", "env", "config", "secrets"})
+
+
+def _merge(into: dict[str, Any], layer: Mapping[str, Any]) -> None:
+    """``layer`` over ``into``: tables merge key by key, anything else is replaced."""
+    for key, value in layer.items():
+        current = into.get(key)
+        if isinstance(current, dict) and isinstance(value, Mapping):
+            _merge(current, value)
+        elif isinstance(value, Mapping):
+            into[key] = {}
+            _merge(into[key], value)
+        else:
+            into[key] = value
 
 
 def load_settings(profile: str | None = None) -> Settings:

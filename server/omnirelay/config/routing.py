@@ -33,16 +33,6 @@ STREAM_RECOVERY = ("error", "continue")
 
 
 @dataclass(frozen=True, slots=True)
-class DeploymentSettings:
-    """One place a model is served: a provider (by configured name or kind) and its model id."""
-
-    provider: str
-    provider_model: str
-    weight: float = 1.0
-    priority: int = 0
-
-
-@dataclass(frozen=True, slots=True)
 class PricingSettings:
     """List prices in USD per million tokens, with where and when they were read."""
 
@@ -51,6 +41,18 @@ class PricingSettings:
     cached_input: float | None = None
     source: str = ""
     as_of: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentSettings:
+    """One place a model is served: a provider (by configured name or kind) and its model id."""
+
+    provider: str
+    provider_model: str
+    weight: float = 1.0
+    priority: int = 0
+    # This deployment's own prices (a reseller's, a discount), over the model's list prices.
+    pricing: PricingSettings | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,7 @@ def deployments(s: Section, model: str) -> tuple[DeploymentSettings, ...]:
                 provider_model=d.get_str("provider_model"),
                 weight=d.get_float("weight", 0.0, 1e6, default=1.0),
                 priority=d.get_int("priority", -1_000_000, 1_000_000, default=0),
+                pricing=pricing(d),
             )
         )
         d.reject_unknown()

@@ -101,7 +101,7 @@ class ModelCatalog:
                         self._providers.get(provider),
                         weight=placed.weight,
                         priority=placed.priority,
-                        pricing=model.pricing,
+                        pricing=placed.pricing or model.pricing,
                     )
                 )
         if not targets:
@@ -140,8 +140,18 @@ class ModelCatalog:
         provider, sep, model = wanted.partition("/")
         if sep and model and provider in self._providers:
             return self._direct_entry(wanted, provider, model)
-        known = [*self._by_name, *(f"{p}/" for p in self._providers.names())]
+        known = [*self._by_name, *self._unroutable, *(f"{p}/" for p in self._providers.names())]
         raise ModelNotFoundError(wanted, difflib.get_close_matches(wanted, known, n=3, cutoff=0.5))
+
+    def resolve_fallback(self, name: str) -> ModelEntry | None:
+        """A fallback model, or None when it is a registry model no configured provider serves.
+
+        Such fallbacks are skipped, not fatal: a chain like ``gpt-4o -> claude-sonnet-4`` must
+        keep working on a server where only OpenAI is configured. Unknown names still raise.
+        """
+        if name in self._unroutable and name not in self._by_name:
+            return None
+        return self.resolve(name)
 
     def _direct_entry(self, name: str, provider: str, model: str) -> ModelEntry:
         target = self._pool.target(Deployment(name, provider, model), self._providers.get(provider))

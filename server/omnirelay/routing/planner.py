@@ -117,7 +117,8 @@ class Plan:
         # After a context-length failure: only models with a larger window than this may follow.
         self.min_window = 0
         # Named fallbacks are checked up front: a typo is the caller's error, not a silent no-op.
-        self._fallback_entries = [catalog.resolve(m) for m in request.routing.fallback_models]
+        named = request.routing.fallback_models
+        self._fallback_entries = [catalog.resolve_fallback(m) for m in named] if named else None
 
     def models(self) -> Iterator[ModelEntry]:
         """The primary model, then (when allowed) its fallback models, each once."""
@@ -125,9 +126,12 @@ class Plan:
         if not self.allow_fallback:
             return
         seen = {self.primary.name}
-        chain = self._fallback_entries or [self._catalog.resolve(m) for m in self.primary.fallbacks]
+        chain = self._fallback_entries
+        if chain is None:
+            resolve = self._catalog.resolve_fallback
+            chain = [resolve(m) for m in self.primary.fallbacks]
         for entry in chain:
-            if entry.name not in seen:
+            if entry is not None and entry.name not in seen:
                 seen.add(entry.name)
                 yield entry
 

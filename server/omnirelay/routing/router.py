@@ -39,6 +39,7 @@ from omnirelay.domain import (
     StreamDone,
     TextDelta,
     TextPart,
+    UsageChunk,
 )
 from omnirelay.errors import OmniRelayError, StreamInterruptedError, UpstreamError, UpstreamTimeoutError
 from omnirelay.providers import tokenizer
@@ -95,13 +96,14 @@ class Router:
         plan = Plan(self.catalog, self._strategies, request, stream=False)
         self._budget.request()
         trail = Trail()
-        if deadline is None and plan.primary.deadline_seconds is not None:
-            deadline = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
         try:
-            if deadline is None:
-                return await self._complete(plan, trail, started, None)
-            async with asyncio.timeout_at(deadline):
+            if deadline is not None or plan.primary.deadline_seconds is None:
+                # gRPC itself cancels the call at the caller's deadline (closing the upstream
+                # request); the deadline here only keeps retries from sleeping past it.
                 return await self._complete(plan, trail, started, deadline)
+            own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
+            async with asyncio.timeout_at(own):
+                return await self._complete(plan, trail, started, own)
         except TimeoutError:
             raise trail.deadline(plan) from None
         except _StopError as stop:
@@ -121,6 +123,7 @@ class Router:
                 stats = target.stats
                 stats.in_flight += 1
                 attempt_started = time.perf_counter()
+                trail.pending(cand, attempt_started)
                 try:
                     limit = cand.entry.attempt_timeout_seconds
                     if limit is None:
@@ -150,18 +153,15 @@ class Router:
     ) -> AsyncGenerator[GatewayEvent, None]:
         """RouteStart, the chunks (a RouteChange where a continuation took over), then StreamDone.
 
-        Closing it early stops the upstream. ``deadline`` is the caller's; gRPC enforces it
-        by cancelling the call, so only the model's default deadline is checked here.
+        Closing it early stops the upstream. ``deadline`` (event-loop time) only keeps retries
+        from sleeping past it: the caller of this generator enforces it (gRPC cancels at the
+        caller's deadline; the stream service applies ``default_deadline`` when there is none),
+        so no per-chunk clock check is needed here.
         """
         started = time.perf_counter()
         plan = Plan(self.catalog, self._strategies, request, stream=True)
         self._budget.request()
         trail = Trail()
-        loop = asyncio.get_running_loop()
-        own_deadline = None
-        if deadline is None and plan.primary.deadline_seconds is not None:
-            own_deadline = loop.time() + plan.primary.deadline_seconds
-        retry_deadline = deadline if deadline is not None else own_deadline
         delivered: _Delivered | None = None
         try:
             for cand in plan.candidates():
@@ -196,16 +196,15 @@ class Router:
                             delivered.route = route
                         if first is not None:
                             sent = 1
-                            if delivered is not None:
-                                delivered.add(first)
-                            yield first
-                        async for chunk in chunks:
-                            if own_deadline is not None and loop.time() > own_deadline:
-                                raise _ExpiredError
-                            sent += 1
-                            if delivered is not None:
-                                delivered.add(chunk)
-                            yield chunk
+                            yield first if delivered is None else delivered.add(first)
+                        if delivered is None:
+                            async for chunk in chunks:
+                                sent += 1
+                                yield chunk
+                        else:
+                            async for chunk in chunks:
+                                sent += 1
+                                yield delivered.add(chunk)
                     except UpstreamError as exc:
                         trail.failed(cand, exc, attempt_started)
                         if sent and (delivered is None or not delivered.continuable()):
@@ -215,7 +214,7 @@ class Router:
                         if sent and delivered is not None:
                             delivered.reason = f"{target.deployment.name} failed mid-stream: {exc.reason}"
                         # Nothing (more) reached the caller from this attempt: retry or fall back unseen.
-                        delay = self._verdict(plan, cand, exc, tries, retry_deadline)
+                        delay = self._verdict(plan, cand, exc, tries, deadline)
                         if delay < 0:
                             break
                         await asyncio.sleep(delay)
@@ -230,10 +229,23 @@ class Router:
                     yield StreamDone(final)
                     return
             raise _StopError(trail.exhausted(plan))
-        except _ExpiredError:
-            raise trail.deadline(plan) from None
         except _StopError as stop:
-            raise trail.final(stop.error) from None
+            error = stop.error
+            if delivered is not None and delivered.chunks and not isinstance(error, StreamInterruptedError):
+                # Continue mode found nothing to continue with: the caller still has a partial
+                # answer, and must hear so in the same terms as in error mode.
+                error = StreamInterruptedError(
+                    f"the stream failed after {delivered.chunks} chunks reached the caller and no "
+                    f"fallback could continue it ({error.reason}: {error.message}); nothing was replayed. "
+                    "Retry the call to get a whole answer",
+                    delivered_chunks=delivered.chunks,
+                )
+            raise trail.final(error) from None
+
+    def default_deadline(self, model: str) -> float | None:
+        """Event-loop time the model's default deadline ends at, for a call that set none."""
+        seconds = self.catalog.resolve(model).deadline_seconds
+        return None if seconds is None else asyncio.get_running_loop().time() + seconds
 
 
 class _StopError(Exception):
@@ -242,10 +254,6 @@ class _StopError(Exception):
     def __init__(self, error: OmniRelayError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-class _ExpiredError(Exception):
-    """The model's default deadline passed mid-stream."""
 
 
 async def _bounded(pending: Awaitable[_T], seconds: float, cand: Candidate) -> _T:
@@ -280,19 +288,37 @@ async def _first(chunks: AsyncIterator[StreamChunk], cand: Candidate) -> StreamC
 class _Delivered:
     """What a stream already sent the caller, so a continuation neither repeats nor drops it."""
 
-    __slots__ = ("other", "parts", "reason", "route")
+    __slots__ = ("chunks", "other", "parts", "prefix_tokens", "reason", "route")
 
     def __init__(self, route: RouteInfo) -> None:
         self.parts: list[str] = []
+        self.chunks = 0
         self.other = False  # anything a text prefix cannot carry (tool calls, finishes, other choices)
         self.reason = ""
         self.route = route
+        self.prefix_tokens = 0
 
-    def add(self, chunk: StreamChunk) -> None:
-        if type(chunk) is TextDelta and chunk.choice_index == 0 and not chunk.reasoning and not chunk.refusal:
-            self.parts.append(chunk.text)
+    def add(self, chunk: StreamChunk) -> StreamChunk:
+        """Note a chunk on its way to the caller; returns the chunk to send."""
+        self.chunks += 1
+        if isinstance(chunk, TextDelta):
+            if chunk.choice_index == 0 and not chunk.reasoning and not chunk.refusal:
+                self.parts.append(chunk.text)
+            else:
+                self.other = True
+        elif isinstance(chunk, UsageChunk):
+            if not self.prefix_tokens:
+                return chunk
+            # The continuation counted the delivered text as input; the caller also received it
+            # as output, from the abandoned attempt, whose own usage never arrived: estimate it.
+            usage = chunk.usage
+            return UsageChunk(
+                replace(usage, output_tokens=usage.output_tokens + self.prefix_tokens, estimated=True)
+            )
         else:
+            # Tool calls cannot be continued as text, and a finished choice has nothing to continue.
             self.other = True
+        return chunk
 
     def continuable(self) -> bool:
         return not self.other
@@ -302,10 +328,10 @@ class _Delivered:
         request = call.request
         prefix = Message(Role.ASSISTANT, (TextPart(text),))
         sampling = call.sampling
+        self.prefix_tokens = tokenizer.count_text(text)
         if sampling.max_tokens is not None:
             # The delivered text already used part of the caller's output budget.
-            spent = tokenizer.count_text(text)
-            sampling = replace(sampling, max_tokens=max(1, sampling.max_tokens - spent))
+            sampling = replace(sampling, max_tokens=max(1, sampling.max_tokens - self.prefix_tokens))
         return ProviderCall(replace(request, messages=(*request.messages, prefix)), sampling, call.deployment)
 
 

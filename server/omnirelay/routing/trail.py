@@ -19,13 +19,21 @@ from omnirelay.routing.planner import Candidate, Plan
 class Trail:
     """Attempts so far. Empty (and allocation-free) on the common first-try success."""
 
-    __slots__ = ("errors", "records")
+    __slots__ = ("_pending", "_pending_started", "errors", "records")
 
     def __init__(self) -> None:
         self.records: list[AttemptRecord] = []
         self.errors: list[UpstreamError] = []
+        self._pending: Candidate | None = None
+        self._pending_started = 0.0
+
+    def pending(self, cand: Candidate, started: float) -> None:
+        """An attempt in flight: recorded as timed out if the call's deadline ends it."""
+        self._pending = cand
+        self._pending_started = started
 
     def failed(self, cand: Candidate, exc: UpstreamError, started: float) -> None:
+        self._pending = None
         self.errors.append(exc)
         self.records.append(
             AttemptRecord(
@@ -80,7 +88,8 @@ class Trail:
             ttft_seconds=ttft,
             dropped_parameters=cand.dropped,
             attempts=attempts,
-            fallback_used=any(r.deployment != cand.target.deployment for r in self.records),
+            fallback_used=cand.entry is not plan.primary
+            or any(r.deployment != cand.target.deployment for r in self.records),
         )
 
     def final(self, exc: OmniRelayError) -> OmniRelayError:
@@ -119,6 +128,18 @@ class Trail:
 
     def deadline(self, plan: Plan) -> DeadlineExceededError:
         tried = f" after {len(self.records)} failed attempts" if self.records else ""
+        cand = self._pending
+        if cand is not None:
+            self.records.append(
+                AttemptRecord(
+                    model=cand.entry.name,
+                    deployment=cand.target.deployment,
+                    outcome=AttemptOutcome.TIMEOUT,
+                    detail="still waiting for the upstream when the call's deadline passed",
+                    latency_seconds=time.perf_counter() - self._pending_started,
+                    reason="DEADLINE_EXCEEDED",
+                )
+            )
         error = DeadlineExceededError(
             f"the deadline passed before {plan.primary.name!r} finished answering{tried}; "
             "raise the call's deadline or lower max_tokens"

@@ -71,7 +71,7 @@ def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
     return facts
 
 
-def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo) -> None:
+def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo, upstream_request_id: str = "") -> None:
     deployment = r.deployment
     facts.requested_model = r.requested_model
     facts.resolved_model = r.resolved_model
@@ -91,6 +91,7 @@ def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo) -> None:
             provider=deployment.provider,
             deployment=deployment.name,
             outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
+            upstream_request_id=upstream_request_id,
         )
         _set_duration(first.latency, r.latency_seconds)
     _set_duration(facts.latency, r.latency_seconds)
@@ -128,7 +129,7 @@ def complete_response(c: d.Completion) -> completion_pb2.CompleteResponse:
     result = c.result
     response = completion_pb2.CompleteResponse()
     _fill_usage(response.usage, result.usage)
-    _fill_route(response.route, c.route)
+    _fill_route(response.route, c.route, result.upstream_request_id)
     add = response.choices.add
     for x in result.choices:
         _fill_choice(add(), x)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from grpc import aio
 
-from omnirelay.domain import RouteStart
-from omnirelay.errors import FieldViolation, InvalidArgumentError
+from omnirelay.domain import GatewayEvent, RouteChange, RouteStart
+from omnirelay.errors import DeadlineExceededError, FieldViolation, InvalidArgumentError
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import current_request_id
 from omnirelay.services import convert, render
@@ -28,15 +30,35 @@ class StreamCompletionService(stream_pb2_grpc.StreamCompletionServiceServicer):
             raise InvalidArgumentError(
                 [FieldViolation(f"request.{v.field}", v.description) for v in exc.violations]
             ) from None
-        events = self._gateway.stream(domain_request, deadline(context))
-        write = context.write
-        event_to_proto = render.stream_event
+        caller = deadline(context)
+        own = self._gateway.default_deadline(domain_request.model) if caller is None else None
+        events = self._gateway.stream(domain_request, caller if caller is not None else own)
         try:
-            async for event in events:
-                if isinstance(event, RouteStart):
-                    context.set_trailing_metadata(route_metadata(event.route))
-                await write(event_to_proto(event))
+            if own is None:
+                await _relay(events, context)
+            else:
+                # The model's default deadline, for a caller that set none. It wraps the whole
+                # relay (not each chunk): on expiry the pending await is cancelled, which closes
+                # the gateway stream and the upstream with it.
+                try:
+                    async with asyncio.timeout_at(own):
+                        await _relay(events, context)
+                except TimeoutError:
+                    raise DeadlineExceededError(
+                        f"the stream passed the default deadline of model {domain_request.model!r} "
+                        "(the caller set none); set a gRPC deadline on the call to choose your own"
+                    ) from None
         finally:
             # A client cancel lands here as CancelledError; closing the gateway stream
             # closes the provider's, which stops generation upstream at once.
             await events.aclose()
+
+
+async def _relay(events: AsyncGenerator[GatewayEvent, None], context: aio.ServicerContext[Any, Any]) -> None:
+    write = context.write
+    event_to_proto = render.stream_event
+    async for event in events:
+        if isinstance(event, RouteStart | RouteChange):
+            # The trailers name whoever finishes the stream: after a continuation, the new route.
+            context.set_trailing_metadata(route_metadata(event.route))
+        await write(event_to_proto(event))

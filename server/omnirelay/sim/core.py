@@ -90,6 +90,9 @@ class PromptFacts:
     json_mode: bool = False
     stream: bool = False
     options_header: str = ""
+    # The request's last message: its role as the wire format names it, and its text.
+    last_role: str = ""
+    last_message: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,8 @@ class Plan:
     retry_after: float | None
     after: int
     request_id: str
+    last_role: str = ""
+    last_message: str = ""
 
     @property
     def completion_tokens(self) -> int:
@@ -139,6 +144,9 @@ class Served:
     pieces_sent: int = 0
     completed: bool = False
     disconnected: bool = False
+    # The last message of the request (role as the wire format names it: "model" for Gemini).
+    last_role: str = ""
+    last_message: str = ""
 
 
 def _row(s: Served) -> dict[str, Any]:
@@ -151,6 +159,8 @@ def _row(s: Served) -> dict[str, Any]:
         "pieces_sent": s.pieces_sent,
         "completed": s.completed,
         "disconnected": s.disconnected,
+        "last_role": s.last_role,
+        "last_message": s.last_message,
     }
 
 
@@ -226,6 +236,8 @@ class Simulator:
             retry_after=float(retry) if retry is not None else None,
             after=int(options.get("after", "3")),
             request_id=f"sim-{self._counter:06d}",
+            last_role=facts.last_role,
+            last_message=facts.last_message,
         )
 
     def _fault(self, model: str, options: Mapping[str, str]) -> str:
@@ -241,7 +253,15 @@ class Simulator:
         return fault
 
     def record(self, fmt: str, plan: Plan, stream: bool) -> Served:
-        served = Served(fmt, plan.model, stream, plan.fault, plan.request_id)
+        served = Served(
+            fmt,
+            plan.model,
+            stream,
+            plan.fault,
+            plan.request_id,
+            last_role=plan.last_role,
+            last_message=plan.last_message,
+        )
         self.served.append(served)
         return served
 

@@ -328,6 +328,7 @@ def _plan(
         str(d.get("name", "")) for t in body.get("tools") or () for d in t.get("functionDeclarations") or ()
     )
     calling = (body.get("toolConfig") or {}).get("functionCallingConfig") or {}
+    last = contents[-1] if isinstance(contents[-1], dict) else {}
     forced = None
     if tools and calling.get("mode") == "ANY":
         forced = (calling.get("allowedFunctionNames") or tools)[0]
@@ -341,6 +342,8 @@ def _plan(
         json_mode=config.get("responseMimeType") == "application/json",
         stream=stream,
         options_header=request.headers.get("x-sim-options", ""),
+        last_role=str(last.get("role", "")),
+        last_message="".join(str(p["text"]) for p in last.get("parts") or () if "text" in p),
     )
     candidates = config.get("candidateCount") or 1
     if not isinstance(candidates, int) or candidates < 1:

@@ -248,7 +248,8 @@ async def _body(request: web.Request) -> dict[str, Any] | web.Response:
 
 
 def _facts(body: dict[str, Any], stream: bool, header: str) -> PromptFacts:
-    texts = [str(m.get("content") or "") for m in _list(body.get("messages")) if isinstance(m, dict)]
+    messages = [m for m in _list(body.get("messages")) if isinstance(m, dict)]
+    texts = [str(m.get("content") or "") for m in messages]
     options = body.get("options")
     options = options if isinstance(options, dict) else {}
     stop = options.get("stop") or ()
@@ -268,6 +269,8 @@ def _facts(body: dict[str, Any], stream: bool, header: str) -> PromptFacts:
         json_mode=bool(body.get("format")),
         stream=stream,
         options_header=header,
+        last_role=str(messages[-1].get("role", "")) if messages else "",
+        last_message=texts[-1] if texts else "",
     )
 
 

@@ -184,8 +184,11 @@ Global___Finish: _TypeAlias = Finish  # noqa: Y015
 
 @_typing.final
 class RouteChanged(_message.Message):
-    """The stream moved to another deployment or model (fallback). The caller
-    should discard text of the abandoned attempt's unfinished choices.
+    """The stream moved to another deployment or model after deltas were delivered
+    (routing.stream_recovery = "continue"): the new route continues the text
+    already delivered, which it received as an assistant-message prefix. Keep
+    every delta: nothing delivered is repeated, and deltas after this event
+    belong to the new route.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
