@@ -192,12 +192,17 @@ async def test_failure_before_first_chunk_falls_back_unseen(
     assert error is None, error
     # The response metadata names who served the call: B, the only one that answered.
     assert (await trailers(call))["x-omnirelay-provider"] == "sim-b"
-    first = events[0]
-    assert first.WhichOneof("event") == "route_started"
-    assert first.route_started.deployment == f"sim-b/{B}"
-    assert first.route_started.provider == "sim-b"
-    assert first.route_started.attempt == 2
-    assert "route_changed" not in kinds(events)
+    # The route is announced at once (A); the move to B comes before any text, so the caller
+    # sees no error and nothing to discard.
+    names = kinds(events)
+    assert names[:3] == ["route_started", "route_changed", "text_delta"]
+    assert names.count("route_changed") == 1
+    assert events[0].route_started.deployment == f"sim-a/{a_model}"
+    assert events[0].route_started.attempt == 1
+    change = events[1].route_changed
+    assert (change.to.deployment, change.to.provider, change.to.attempt) == (f"sim-b/{B}", "sim-b", 2)
+    assert getattr(change, "from").deployment == f"sim-a/{a_model}"
+    assert "before its first token" in change.reason
     routed_text = deltas(events)
     alone = await direct_deltas(channel, f"sim-b/{B}")
     assert routed_text == alone
@@ -384,7 +389,9 @@ async def test_continue_mode_without_a_continuation_still_ends_with_stream_inter
     channel = await gateway(start_server, settings, sim, *deployments, routing=CONTINUE)
     events, error = await collect(stream_call(channel))
     assert error is not None
-    assert kinds(events) == ["route_started", "text_delta", "text_delta", "text_delta"]
+    # A continuation attempt is announced (route_changed) even when it then fails unseen.
+    expected = ["route_started", "text_delta", "text_delta", "text_delta"]
+    assert kinds(events) == expected + ["route_changed"] * (len(deployments) - 1)
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     info = error_info(error)
     assert info.reason == "STREAM_INTERRUPTED", (info.reason, error.details())
@@ -474,8 +481,9 @@ async def test_retry_before_first_chunk_stays_on_the_same_deployment(
     )
     events, error = await collect(stream_call(channel))
     assert error is None, error
+    # A retry on the same deployment is no route change: one announcement, attempt 1.
     assert events[0].route_started.deployment == f"sim-a/{a_model}"
-    assert events[0].route_started.attempt == 2
+    assert events[0].route_started.attempt == 1
     assert "route_changed" not in kinds(events)
     served: list[Served] = sim.simulator.served
     assert [(s.model, s.fault) for s in served] == [(A, "503"), (A, "")]
@@ -502,7 +510,7 @@ async def test_retry_before_first_chunk_stays_on_the_same_deployment(
     ],
     ids=["same-503", "same-429", "mixed"],
 )
-async def test_every_deployment_failing_before_first_chunk_sends_no_route(
+async def test_every_deployment_failing_before_first_chunk_sends_no_text(
     start_server: StartServer,
     settings: Settings,
     sim: RunningSim,
@@ -514,7 +522,8 @@ async def test_every_deployment_failing_before_first_chunk_sends_no_route(
     a_model, b_model = f"{A}+fault={a_fault}", f"{B}+fault={b_fault}"
     channel = await gateway(start_server, settings, sim, ("sim-a", a_model), ("sim-b", b_model))
     events, error = await collect(stream_call(channel))
-    assert events == []
+    # Each attempt was announced; no text reached the caller before the error.
+    assert kinds(events) == ["route_started", "route_changed"]
     assert error is not None
     assert error.code() == code
     assert error_info(error).reason == reason

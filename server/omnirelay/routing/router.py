@@ -8,12 +8,14 @@ then, if the failure's class is one the model falls back on, the next candidate
 is tried; otherwise the error ends the call. A caller's cancel ends everything
 at once: the awaited upstream request is closed by the cancellation itself.
 
-Streams are routed the same way until their first chunk, so a failure before
-anything was sent is invisible to the caller. After that, ``stream_recovery``
-decides: ``error`` ends the stream with STREAM_INTERRUPTED saying how much was
+Streams announce their route (RouteStart) as soon as the first attempt
+starts, and are routed the same way until their first chunk: a failure before
+anything was delivered moves on without an error, announced by a RouteChange
+before any text. After chunks were delivered, ``stream_recovery`` decides:
+``error`` ends the stream with STREAM_INTERRUPTED saying how much was
 delivered; ``continue`` asks the next candidate to continue the delivered text
-(sent as an assistant prefix) and announces the switch with a RouteChange.
-Nothing is replayed, so nothing is duplicated.
+(sent as an assistant prefix), announced by a RouteChange. Nothing is replayed,
+so nothing is duplicated.
 """
 
 from __future__ import annotations
@@ -162,7 +164,10 @@ class Router:
         plan = Plan(self.catalog, self._strategies, request, stream=True)
         self._budget.request()
         trail = Trail()
-        delivered: _Delivered | None = None
+        # Only continue mode remembers the delivered text; error mode never needs it.
+        delivered = _Delivered() if self._recover else None
+        announced: RouteInfo | None = None  # the route the caller was last told about
+        reason = ""
         try:
             for cand in plan.candidates():
                 target = cand.target
@@ -174,26 +179,27 @@ class Router:
                     except CircuitOpenError:
                         trail.circuit_open(cand)
                         break
-                    call = cand.call if delivered is None else delivered.continuation(cand.call)
+                    attempt_started = time.perf_counter()
+                    route = trail.route(plan, cand, started, attempt_started, None)
+                    # The route is announced before the upstream answers, so the caller knows at once
+                    # that its call is being served; a later move is a RouteChange.
+                    if announced is None:
+                        yield RouteStart(route, len(trail.records) + 1)
+                    elif announced.deployment != route.deployment:
+                        yield RouteChange(announced, route, reason, len(trail.records) + 1)
+                    announced = route
+                    call = cand.call
+                    if delivered is not None and delivered.chunks:
+                        call = delivered.continuation(call)
                     stats = target.stats
                     stats.in_flight += 1
-                    attempt_started = time.perf_counter()
                     chunks = target.provider.stream(call)
                     sent = 0
                     try:
                         first = await _first(chunks, cand)
                         now = time.perf_counter()
                         stats.observe_ttft(now - attempt_started, self._alpha)
-                        route = trail.route(plan, cand, started, attempt_started, now - started)
-                        if delivered is None:
-                            yield RouteStart(route, len(trail.records) + 1)
-                            if self._recover:
-                                delivered = _Delivered(route)
-                        else:
-                            yield RouteChange(
-                                delivered.route, route, delivered.reason, len(trail.records) + 1
-                            )
-                            delivered.route = route
+                        ttft = now - started
                         if first is not None:
                             sent = 1
                             yield first if delivered is None else delivered.add(first)
@@ -211,9 +217,9 @@ class Router:
                             if counts_against_breaker(exc):
                                 target.breaker.failed(exc)
                             raise _StopError(_interrupted(cand, exc, sent, delivered)) from None
-                        if sent and delivered is not None:
-                            delivered.reason = f"{target.deployment.name} failed mid-stream: {exc.reason}"
-                        # Nothing (more) reached the caller from this attempt: retry or fall back unseen.
+                        when = "mid-stream" if sent else "before its first token"
+                        reason = f"{target.deployment.name} failed {when}: {exc.reason}"
+                        # Nothing (more) reached the caller from this attempt: retry or fall back.
                         delay = self._verdict(plan, cand, exc, tries, deadline)
                         if delay < 0:
                             break
@@ -225,8 +231,7 @@ class Router:
                         # who left stops generation (and billing) at once.
                         await chunks.aclose()
                     target.breaker.succeeded()
-                    final = trail.route(plan, cand, started, attempt_started, route.ttft_seconds)
-                    yield StreamDone(final)
+                    yield StreamDone(trail.route(plan, cand, started, attempt_started, ttft))
                     return
             raise _StopError(trail.exhausted(plan))
         except _StopError as stop:
@@ -288,14 +293,12 @@ async def _first(chunks: AsyncIterator[StreamChunk], cand: Candidate) -> StreamC
 class _Delivered:
     """What a stream already sent the caller, so a continuation neither repeats nor drops it."""
 
-    __slots__ = ("chunks", "other", "parts", "prefix_tokens", "reason", "route")
+    __slots__ = ("chunks", "other", "parts", "prefix_tokens")
 
-    def __init__(self, route: RouteInfo) -> None:
+    def __init__(self) -> None:
         self.parts: list[str] = []
         self.chunks = 0
         self.other = False  # anything a text prefix cannot carry (tool calls, finishes, other choices)
-        self.reason = ""
-        self.route = route
         self.prefix_tokens = 0
 
     def add(self, chunk: StreamChunk) -> StreamChunk:

@@ -184,11 +184,12 @@ Global___Finish: _TypeAlias = Finish  # noqa: Y015
 
 @_typing.final
 class RouteChanged(_message.Message):
-    """The stream moved to another deployment or model after deltas were delivered
-    (routing.stream_recovery = "continue"): the new route continues the text
-    already delivered, which it received as an assistant-message prefix. Keep
-    every delta: nothing delivered is repeated, and deltas after this event
-    belong to the new route.
+    """The stream moved to another deployment or model. Before any delta it is a
+    fallback the caller need not act on: nothing came from the abandoned route.
+    After deltas (routing.stream_recovery = "continue") the new route continues
+    the text already delivered, which it received as an assistant-message
+    prefix. Either way keep every delta: nothing delivered is repeated, and
+    deltas after this event belong to the new route.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
