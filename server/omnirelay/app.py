@@ -17,6 +17,8 @@ from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from omnirelay.cache.layer import CacheLayer
+from omnirelay.cache.stores import build_store
 from omnirelay.config.routing import BreakerSettings, RetrySettings
 from omnirelay.config.schema import Settings
 from omnirelay.gateway import Gateway
@@ -29,6 +31,7 @@ from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.routing.router import Router
 from omnirelay.routing.strategies import default_strategies
 from omnirelay.routing.targets import TargetPool
+from omnirelay.services.cache_admin import CacheService
 from omnirelay.services.completion import CompletionService
 from omnirelay.services.health import HealthService
 from omnirelay.services.pending import BenchmarkService, UsageService
@@ -36,6 +39,8 @@ from omnirelay.services.stream import StreamCompletionService
 from omnirelay_client.v1 import (
     benchmark_pb2,
     benchmark_pb2_grpc,
+    cache_pb2,
+    cache_pb2_grpc,
     completion_pb2,
     completion_pb2_grpc,
     stream_pb2,
@@ -51,6 +56,7 @@ SERVICE_NAMES = (
     stream_pb2.DESCRIPTOR.services_by_name["StreamCompletionService"].full_name,
     benchmark_pb2.DESCRIPTOR.services_by_name["BenchmarkService"].full_name,
     usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name,
+    cache_pb2.DESCRIPTOR.services_by_name["CacheService"].full_name,
 )
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services whose health follows the routes: NOT_SERVING when no deployment can take a call.
@@ -69,6 +75,7 @@ class App:
     pool: TargetPool
     route_health: RouteHealth
     prober: Prober | None
+    cache: CacheLayer | None
     in_flight: InFlight
     host: str
     port: int
@@ -104,6 +111,8 @@ class App:
         if self.prober is not None:
             await self.prober.stop()
         self.route_health.close()
+        if self.cache is not None:
+            await self.cache.aclose()
         await self.providers.aclose()
         log.info("stopped")
 
@@ -164,11 +173,21 @@ def build_app(
             ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
+    completion = CompletionService(gateway)
+    streaming = StreamCompletionService(gateway)
+    store = build_store(settings.cache)
+    cache = CacheLayer(settings.cache, store, gateway) if store is not None else None
+    if cache is not None:
+        # Inside the edge: the edge maps the cache layer's errors like any other.
+        cache.guard(completion, streaming)
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(
-        edge.guard(CompletionService(gateway), _service(completion_pb2, "CompletionService")), server
+        edge.guard(completion, _service(completion_pb2, "CompletionService")), server
     )
     stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(
-        edge.guard(StreamCompletionService(gateway), _service(stream_pb2, "StreamCompletionService")), server
+        edge.guard(streaming, _service(stream_pb2, "StreamCompletionService")), server
+    )
+    cache_pb2_grpc.add_CacheServiceServicer_to_server(
+        edge.guard(CacheService(cache, catalog), _service(cache_pb2, "CacheService")), server
     )
     benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(
         edge.guard(BenchmarkService(), _service(benchmark_pb2, "BenchmarkService")), server
@@ -203,6 +222,7 @@ def build_app(
         pool,
         route_health,
         prober,
+        cache,
         edge.in_flight,
         bind_host,
         bound,

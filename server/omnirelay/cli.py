@@ -97,6 +97,13 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--service", default="", help="service name; empty is the whole server")
     health.add_argument("--timeout", type=float, default=3.0)
     health.set_defaults(func=_health)
+
+    cache = sub.add_parser("cache", help="a running gateway's response cache: stats, or clear it")
+    cache.add_argument("action", choices=("stats", "clear"))
+    cache.add_argument("--model", default="", help="clear: only this model's answers (name or alias)")
+    cache.add_argument("--target", default="127.0.0.1:50051")
+    cache.add_argument("--timeout", type=float, default=10.0)
+    cache.set_defaults(func=_cache)
     return parser
 
 
@@ -273,6 +280,39 @@ def _health(args: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
     print(status)
     return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILED
+
+
+def _cache(args: argparse.Namespace) -> int:
+    import grpc
+
+    from omnirelay_client.errors import from_rpc_error
+    from omnirelay_client.v1 import cache_pb2, cache_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = cache_pb2_grpc.CacheServiceStub(channel)
+        try:
+            if args.action == "stats":
+                stats = stub.GetCacheStats(cache_pb2.GetCacheStatsRequest(), timeout=args.timeout)
+                for field, value in (
+                    ("backend", stats.backend),
+                    ("hits", stats.hits),
+                    ("misses", stats.misses),
+                    ("coalesced", stats.coalesced),
+                    ("bypassed", stats.bypassed),
+                    ("stored", stats.stored),
+                    ("evictions", stats.evictions),
+                    ("backend_errors", stats.backend_errors),
+                    ("entries", stats.entries),
+                    ("bytes", stats.bytes),
+                ):
+                    print(f"{field:15s} {value}")
+            else:
+                cleared = stub.ClearCache(cache_pb2.ClearCacheRequest(model=args.model), timeout=args.timeout)
+                print(f"removed {cleared.removed} cached answers")
+        except grpc.RpcError as exc:
+            print(f"omnirelay: {from_rpc_error(exc)}", file=sys.stderr)
+            return EXIT_FAILED
+    return 0
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ async def test_health_is_serving_overall_and_per_service(channel: aio.Channel) -
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_reflection_lists_all_four_services_and_health(channel: aio.Channel) -> None:
+async def test_reflection_lists_every_service_and_health(channel: aio.Channel) -> None:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
     query = reflection_pb2.ServerReflectionRequest(list_services="")
     responses = [r async for r in stub.ServerReflectionInfo(iter([query]))]
@@ -41,6 +41,7 @@ async def test_reflection_lists_all_four_services_and_health(channel: aio.Channe
         "omnirelay.v1.StreamCompletionService",
         "omnirelay.v1.BenchmarkService",
         "omnirelay.v1.UsageService",
+        "omnirelay.v1.CacheService",
     }
     by_symbol = reflection_pb2.ServerReflectionRequest(
         file_containing_symbol="omnirelay.v1.CompletionService"

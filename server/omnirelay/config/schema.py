@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from omnirelay.config.cache import CacheSettings, ModelCacheSettings, cache_settings, model_cache_settings
 from omnirelay.config.reader import MISSING, ConfigError, ConfigProblem, Section
 from omnirelay.config.routing import (
     BreakerSettings,
@@ -49,7 +50,7 @@ OPENAI_FLAVORS = (
     "xai",
 )
 # Keys whose values are secrets (matched at the end of the name: `max_output_tokens` is not one).
-SECRET_KEYS = ("api_key", "token", "secret", "password")
+SECRET_KEYS = ("api_key", "token", "secret", "password", "redis_url")
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +130,7 @@ class ModelSettings:
     pricing: PricingSettings | None = None
     deprecation_date: str = ""
     routing: ModelRoutingSettings = field(default_factory=ModelRoutingSettings)
+    cache: ModelCacheSettings = field(default_factory=ModelCacheSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +144,7 @@ class Settings:
     presets: Mapping[str, Sampling]
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
 
 def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
@@ -154,6 +157,7 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
     logging = _logging(top.section("logging"))
     routing = routing_settings(top.section("routing"))
     resilience = resilience_settings(top.section("resilience"))
+    cache = cache_settings(top.section("cache"))
     providers = {name: _provider(name, s, resilience) for name, s in top.tables("providers").items()}
     presets = {name: _sampling(s) for name, s in top.tables("presets").items()}
     tables = _model_tables(top, routing.shipped_models)
@@ -170,7 +174,9 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
     top.reject_unknown(ignore=("env", "load_dotenv", "config", "secrets"))
     if problems:
         raise ConfigError(problems)
-    return Settings(profile, default_model, server, logging, providers, models, presets, routing, resilience)
+    return Settings(
+        profile, default_model, server, logging, providers, models, presets, routing, resilience, cache
+    )
 
 
 def _server(s: Section) -> ServerSettings:
@@ -289,6 +295,7 @@ def _model(name: str, s: Section, providers: Mapping[str, ProviderSettings]) -> 
         pricing=pricing(s),
         deprecation_date=s.get_str("deprecation_date", default=""),
         routing=model_routing(s),
+        cache=model_cache_settings(s),
     )
     s.reject_unknown()
     return result

@@ -46,6 +46,7 @@ from omnirelay.domain import (
 from omnirelay.errors import OmniRelayError, StreamInterruptedError, UpstreamError, UpstreamTimeoutError
 from omnirelay.providers import tokenizer
 from omnirelay.resilience.breaker import CircuitOpenError
+from omnirelay.resilience.deadlines import DeadlineReaper
 from omnirelay.resilience.failures import counts_against_breaker, failure_class
 from omnirelay.resilience.retry import RetryBudget
 from omnirelay.routing.catalog import ModelCatalog
@@ -69,6 +70,7 @@ class Router:
         self._strategies = strategies
         self._budget = budget
         self._recover = settings.stream_recovery == "continue"
+        self.reaper = DeadlineReaper()
         self._alpha = settings.latency_ewma_alpha
 
     def _verdict(
@@ -103,13 +105,28 @@ class Router:
                 # gRPC itself cancels the call at the caller's deadline (closing the upstream
                 # request); the deadline here only keeps retries from sleeping past it.
                 return await self._complete(plan, trail, started, deadline)
-            own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
-            async with asyncio.timeout_at(own):
-                return await self._complete(plan, trail, started, own)
-        except TimeoutError:
-            raise trail.deadline(plan) from None
+            return await self._complete_by_default_deadline(plan, trail, started)
         except _StopError as stop:
             raise trail.final(stop.error) from None
+
+    async def _complete_by_default_deadline(self, plan: Plan, trail: Trail, started: float) -> Completion:
+        assert plan.primary.deadline_seconds is not None
+        own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
+        task = asyncio.current_task()
+        assert task is not None
+        self.reaper.watch(task, own)
+        expired = False
+        try:
+            return await self._complete(plan, trail, started, own)
+        except asyncio.CancelledError:
+            expired = self.reaper.unwatch(task)
+            if not expired:
+                raise
+            task.uncancel()
+            raise trail.deadline(plan) from None
+        finally:
+            if not expired:
+                self.reaper.unwatch(task)
 
     async def _complete(self, plan: Plan, trail: Trail, started: float, deadline: float | None) -> Completion:
         for cand in plan.candidates():

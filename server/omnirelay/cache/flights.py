@@ -1,0 +1,103 @@
+"""Coalescing: identical calls in flight share one upstream call.
+
+The first call for a key starts a *flight*: a task of its own that calls
+upstream and publishes what it gets (one response, or a stream's events as they
+arrive). Every caller, the first included, follows the flight. Running the
+upstream call in its own task is what lets a caller leave without taking the
+others' answer with it: a follower's cancel ends only its own wait, and the
+flight is cancelled (closing the upstream) only when nobody follows it any
+more. A flight's failure is raised in every follower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Generic, TypeVar
+
+_T = TypeVar("_T")
+
+
+class Flight(Generic[_T]):
+    """What one upstream call has produced so far, for everyone waiting on it."""
+
+    __slots__ = ("_wakeup", "done", "error", "followers", "items", "task")
+
+    def __init__(self) -> None:
+        self.items: list[_T] = []
+        self.done = False
+        self.error: BaseException | None = None
+        self.followers = 0
+        self.task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def publish(self, item: _T) -> None:
+        self.items.append(item)
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.done = True
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiting = self._wakeup
+        self._wakeup = asyncio.get_running_loop().create_future()
+        if not waiting.done():
+            waiting.set_result(None)
+
+    async def follow(self) -> AsyncIterator[_T]:
+        """Every item, from the first, as it arrives; then the flight's error, if any."""
+        self.followers += 1
+        try:
+            seen = 0
+            while True:
+                while seen < len(self.items):
+                    yield self.items[seen]
+                    seen += 1
+                if self.done:
+                    if self.error is not None:
+                        raise self.error
+                    return
+                # Shielded: a follower's cancel must not resolve the future the others wait on.
+                await asyncio.shield(self._wakeup)
+        finally:
+            self.followers -= 1
+            if self.followers == 0 and not self.done and self.task is not None:
+                # Nobody is left to answer: stop the upstream call (and its billing).
+                self.task.cancel()
+
+
+class Flights(Generic[_T]):
+    """The flights in progress, by key."""
+
+    def __init__(self) -> None:
+        self._live: dict[str, Flight[_T]] = {}
+
+    def get(self, key: str) -> Flight[_T] | None:
+        return self._live.get(key)
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def start(self, key: str, run: Callable[[Flight[_T]], Awaitable[None]]) -> Flight[_T]:
+        """A new flight for ``key`` running ``run`` in its own task (which must publish, then return)."""
+        flight: Flight[_T] = Flight()
+        self._live[key] = flight
+        flight.task = asyncio.ensure_future(self._fly(key, flight, run))
+        return flight
+
+    async def _fly(self, key: str, flight: Flight[_T], run: Callable[[Flight[_T]], Awaitable[None]]) -> None:
+        try:
+            await run(flight)
+        except asyncio.CancelledError:
+            flight.finish(asyncio.CancelledError())
+            raise
+        except Exception as exc:  # every follower gets the leader's failure
+            flight.finish(exc)
+        else:
+            if not flight.done:
+                flight.finish()
+        finally:
+            if self._live.get(key) is flight:
+                del self._live[key]

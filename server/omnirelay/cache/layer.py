@@ -1,0 +1,364 @@
+"""The cache as an interceptor on Complete and StreamComplete.
+
+``CacheLayer.guard`` wraps the two method handlers of the completion services
+(like the edge does, once at registration), so it sees each request message.
+Per call: the model's and the request's policy decide whether the cache
+applies; if it does not, the call goes to the original handler untouched. If
+it does: a stored answer is served (HIT); else an identical call in flight is
+followed (COALESCED); else this call starts the flight (MISS, or REFRESH) and
+a clean, whole answer is stored. The store never fails a call: an operation
+slower than ``backend_timeout_seconds`` or failing is a miss (or a skipped
+write), counted in ``backend_errors``. Hits and coalesced calls report the
+outcome in ``route.cache`` and the ``x-omnirelay-cache`` trailer, and cost
+nothing upstream (usage keeps the answer's token counts, ``cost_micros`` 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from grpc import aio
+
+from omnirelay.cache.entry import CachedAnswer, from_events, from_response
+from omnirelay.cache.flights import Flight, Flights
+from omnirelay.cache.keys import cache_key
+from omnirelay.cache.policy import Decision, decide
+from omnirelay.cache.stores import CacheStore
+from omnirelay.config.cache import CacheSettings, ModelCacheSettings
+from omnirelay.errors import (
+    DeadlineExceededError,
+    FieldViolation,
+    InvalidArgumentError,
+    NotFoundError,
+    OmniRelayError,
+)
+from omnirelay.gateway import Gateway
+from omnirelay.interceptors.edge import REQUEST_ID_HEADER, current_request_id
+from omnirelay.services import convert, render
+from omnirelay.services.context import deadline
+from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
+
+log = logging.getLogger("omnirelay.cache")
+Context = aio.ServicerContext[Any, Any]
+_NO_POLICY = ModelCacheSettings()
+_OUTCOME_NAMES = {
+    types_pb2.CACHE_OUTCOME_HIT: "hit",
+    types_pb2.CACHE_OUTCOME_MISS: "miss",
+    types_pb2.CACHE_OUTCOME_COALESCED: "coalesced",
+    types_pb2.CACHE_OUTCOME_BYPASS: "bypass",
+    types_pb2.CACHE_OUTCOME_REFRESH: "refresh",
+}
+
+
+@dataclass(slots=True)
+class CacheCounters:
+    """This server's cache counters (mutable on purpose: they count)."""
+
+    hits: int = 0
+    misses: int = 0
+    coalesced: int = 0
+    bypassed: int = 0
+    stored: int = 0
+    backend_errors: int = 0
+
+
+class CacheLayer:
+    def __init__(self, settings: CacheSettings, store: CacheStore, gateway: Gateway) -> None:
+        self.settings = settings
+        self.store = store
+        self.counters = CacheCounters()
+        self._gateway = gateway
+        self._timeout = settings.backend_timeout_seconds
+        self._unary: Flights[completion_pb2.CompleteResponse] = Flights()
+        self._streams: Flights[stream_pb2.StreamCompleteResponse] = Flights()
+        self._writes: set[asyncio.Task[None]] = set()
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def guard(self, completion: Any, stream: Any) -> None:
+        """Wrap ``completion.Complete`` and ``stream.StreamComplete`` (instance attributes win)."""
+        inner_complete = completion.Complete
+        inner_stream = stream.StreamComplete
+
+        async def complete(request: completion_pb2.CompleteRequest, context: Context) -> Any:
+            return await self._complete(request, context, inner_complete)
+
+        async def stream_complete(request: stream_pb2.StreamCompleteRequest, context: Context) -> None:
+            await self._stream(request, context, inner_stream)
+
+        completion.Complete = complete
+        stream.StreamComplete = stream_complete
+
+    def _decide(self, request: completion_pb2.CompleteRequest) -> tuple[Decision, str] | None:
+        try:
+            entry = self._gateway.catalog.resolve(request.model)
+        except OmniRelayError:
+            return None  # the handler reports the bad name
+        policy = entry.settings.cache if entry.settings is not None else _NO_POLICY
+        return decide(request, policy, self.settings), entry.name
+
+    async def aclose(self) -> None:
+        """Finish pending writes, then release the store (at shutdown)."""
+        if self._writes:
+            await asyncio.wait(set(self._writes), timeout=self._timeout * 4)
+        await self.store.aclose()
+
+    # --- the store, bounded -----------------------------------------------------------------
+
+    async def _get(self, key: str) -> CachedAnswer | None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await self.store.get(key)
+        except Exception as exc:  # a slow or broken store is a miss, never a failed call
+            self.counters.backend_errors += 1
+            log.warning(
+                "cache %s get failed (%s); answering from upstream", self.store.name, type(exc).__name__
+            )
+            return None
+
+    async def _set(self, key: str, answer: CachedAnswer | None, ttl: float) -> None:
+        if answer is None:
+            return
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.store.set(key, answer, ttl)
+            self.counters.stored += 1
+        except Exception as exc:
+            self.counters.backend_errors += 1
+            log.warning("cache %s set failed (%s); answer not stored", self.store.name, type(exc).__name__)
+
+    def _store_later(self, key: str, answer: CachedAnswer | None, ttl: float) -> None:
+        task = asyncio.ensure_future(self._set(key, answer, ttl))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    # --- unary ------------------------------------------------------------------------------
+
+    async def _complete(
+        self,
+        request: completion_pb2.CompleteRequest,
+        context: Context,
+        inner: Callable[[completion_pb2.CompleteRequest, Context], Awaitable[Any]],
+    ) -> completion_pb2.CompleteResponse:
+        decided = self._decide(request)
+        if decided is None:
+            response: completion_pb2.CompleteResponse = await inner(request, context)
+            return response
+        decision, model = decided
+        if not decision.lookup and not decision.store:
+            if decision.only_cached:
+                raise _not_cached(model)
+            self.counters.bypassed += 1
+            response = await inner(request, context)
+            response.route.cache = types_pb2.CACHE_OUTCOME_BYPASS
+            return response
+        started = time.perf_counter()
+        key = cache_key(request, model, request.attribution.project)
+        rid = current_request_id()
+        if decision.lookup:
+            answer = await self._get(key)
+            if answer is not None:
+                self.counters.hits += 1
+                out = _hit_response(answer, request.model, rid, started)
+                context.set_trailing_metadata(_metadata(out.route))
+                return out
+            if decision.only_cached:
+                self.counters.misses += 1
+                raise _not_cached(model)
+            flight = self._unary.get(key)
+            if flight is not None:
+                self.counters.coalesced += 1
+                return await self._follow_unary(flight, types_pb2.CACHE_OUTCOME_COALESCED, rid, context)
+        self.counters.misses += 1
+        domain_request = convert.completion_request(request, rid)
+        caller_deadline = deadline(context)
+
+        async def lead(flight: Flight[completion_pb2.CompleteResponse]) -> None:
+            completion = await self._gateway.complete(domain_request, None)
+            answered = render.complete_response(completion)
+            flight.publish(answered)
+            flight.finish()
+            if decision.store:
+                await self._set(key, from_response(answered), decision.ttl_seconds)
+
+        if self.settings.coalesce and decision.lookup:
+            flight = self._unary.start(key, lead)
+            return await self._follow_unary(flight, decision.outcome, rid, context)
+        completion = await self._gateway.complete(domain_request, caller_deadline)
+        answered = render.complete_response(completion)
+        if decision.store:
+            self._store_later(key, from_response(answered), decision.ttl_seconds)
+        answered.route.cache = decision.outcome  # type: ignore[assignment]
+        context.set_trailing_metadata(_metadata(answered.route))
+        return answered
+
+    async def _follow_unary(
+        self, flight: Flight[completion_pb2.CompleteResponse], outcome: int, rid: str, context: Context
+    ) -> completion_pb2.CompleteResponse:
+        async for shared in flight.follow():
+            out = completion_pb2.CompleteResponse()
+            out.CopyFrom(shared)
+            out.route.cache = outcome  # type: ignore[assignment]
+            out.route.request_id = rid
+            context.set_trailing_metadata(_metadata(out.route))
+            return out
+        raise OmniRelayError("the shared upstream call ended without an answer")
+
+    # --- streams ----------------------------------------------------------------------------
+
+    async def _stream(
+        self,
+        request: stream_pb2.StreamCompleteRequest,
+        context: Context,
+        inner: Callable[[stream_pb2.StreamCompleteRequest, Context], Awaitable[None]],
+    ) -> None:
+        body = request.request
+        decided = self._decide(body)
+        if decided is None:
+            await inner(request, context)
+            return
+        decision, model = decided
+        if not decision.lookup and not decision.store:
+            if decision.only_cached:
+                raise _not_cached(model)
+            self.counters.bypassed += 1
+            await inner(request, context)
+            return
+        started = time.perf_counter()
+        key = cache_key(body, model, body.attribution.project)
+        rid = current_request_id()
+        if decision.lookup:
+            answer = await self._get(key)
+            if answer is not None:
+                self.counters.hits += 1
+                await _replay(answer, body.model, rid, started, context)
+                return
+            if decision.only_cached:
+                self.counters.misses += 1
+                raise _not_cached(model)
+            flight = self._streams.get(key)
+            if flight is not None:
+                self.counters.coalesced += 1
+                await _follow_stream(flight, types_pb2.CACHE_OUTCOME_COALESCED, rid, context)
+                return
+        self.counters.misses += 1
+        try:
+            domain_request = convert.completion_request(body, rid)
+        except Exception as exc:
+            raise _prefixed(exc) from None
+        own = self._gateway.default_deadline(domain_request.model)
+
+        async def lead(flight: Flight[stream_pb2.StreamCompleteResponse]) -> None:
+            events = self._gateway.stream(domain_request, own)
+            try:
+                async with asyncio.timeout_at(own):
+                    async for event in events:
+                        flight.publish(render.stream_event(event))
+            except TimeoutError:
+                raise _stream_deadline(domain_request.model) from None
+            finally:
+                await events.aclose()
+            flight.finish()
+            if decision.store:
+                items = flight.items
+                done = items[-1].done.route if items and items[-1].HasField("done") else None
+                if done is not None:
+                    await self._set(key, from_events(items, done), decision.ttl_seconds)
+
+        flight = self._streams.start(key, lead)
+        await _follow_stream(flight, decision.outcome, rid, context)
+
+
+def _stream_deadline(model: str) -> OmniRelayError:
+    return DeadlineExceededError(
+        f"the stream passed the default deadline of model {model!r} (the caller set none); "
+        "set a gRPC deadline on the call to choose your own"
+    )
+
+
+def _prefixed(exc: Exception) -> Exception:
+    if isinstance(exc, InvalidArgumentError):
+        return InvalidArgumentError(
+            [FieldViolation(f"request.{v.field}", v.description) for v in exc.violations]
+        )
+    return exc
+
+
+def _not_cached(model: str) -> NotFoundError:
+    return NotFoundError(
+        f"no cached answer for this request to {model!r} (cache mode ONLY_IF_CACHED); "
+        "call without it to ask upstream",
+        metadata={"model": model},
+    )
+
+
+def _metadata(route: types_pb2.RouteFacts) -> tuple[tuple[str, str], ...]:
+    return (
+        (REQUEST_ID_HEADER, route.request_id),
+        ("x-omnirelay-model", route.resolved_model),
+        ("x-omnirelay-provider", route.provider),
+        ("x-omnirelay-cache", _OUTCOME_NAMES.get(route.cache, "")),
+    )
+
+
+def _hit_route(
+    route: types_pb2.RouteFacts, answer: CachedAnswer, requested: str, rid: str, started: float
+) -> None:
+    route.requested_model = requested
+    route.resolved_model = answer.model
+    route.provider = answer.provider
+    route.deployment = answer.deployment
+    route.cache = types_pb2.CACHE_OUTCOME_HIT
+    route.request_id = rid
+    elapsed = time.perf_counter() - started
+    route.latency.seconds = int(elapsed)
+    route.latency.nanos = int((elapsed - int(elapsed)) * 1e9)
+
+
+def _hit_response(
+    answer: CachedAnswer, requested: str, rid: str, started: float
+) -> completion_pb2.CompleteResponse:
+    out = completion_pb2.CompleteResponse()
+    out.CopyFrom(answer.response)
+    # Served without an upstream call: the tokens are the answer's, the cost is nothing.
+    out.usage.cost_micros = 0
+    _hit_route(out.route, answer, requested, rid, started)
+    return out
+
+
+async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float, context: Context) -> None:
+    write = context.write
+    started_event = stream_pb2.StreamCompleteResponse()
+    first = started_event.route_started
+    first.model = answer.model
+    first.provider = answer.provider
+    first.deployment = answer.deployment
+    done = stream_pb2.StreamCompleteResponse()
+    _hit_route(done.done.route, answer, requested, rid, started)
+    context.set_trailing_metadata(_metadata(done.done.route))
+    await write(started_event)
+    for event in answer.events:
+        await write(event)
+    _hit_route(done.done.route, answer, requested, rid, started)
+    await write(done)
+
+
+async def _follow_stream(
+    flight: Flight[stream_pb2.StreamCompleteResponse], outcome: int, rid: str, context: Context
+) -> None:
+    write = context.write
+    async for event in flight.follow():
+        if event.HasField("done"):
+            own = stream_pb2.StreamCompleteResponse()
+            own.CopyFrom(event)
+            own.done.route.cache = outcome  # type: ignore[assignment]
+            own.done.route.request_id = rid
+            context.set_trailing_metadata(_metadata(own.done.route))
+            await write(own)
+        else:
+            await write(event)
