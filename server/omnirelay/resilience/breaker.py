@@ -90,9 +90,10 @@ class AsyncBreaker:
             self._cb.half_open()
 
     def succeeded(self) -> None:
-        state = self._cb.state
-        if state.name != pybreaker.STATE_CLOSED or self._cb.fail_counter:
-            state._handle_success()
+        cb = self._cb
+        # The common case (closed, no failures counted) has nothing to record.
+        if cb.current_state != pybreaker.STATE_CLOSED or cb.fail_counter:
+            cb.state._handle_success()
 
     def failed(self, exc: BaseException) -> None:
         """An upstream-side failure of an admitted attempt."""

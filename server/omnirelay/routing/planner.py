@@ -208,17 +208,8 @@ def supported(
     unsupported = provider.unsupported_parameters
     if not unsupported:
         return sampling, ()
-    present = set(sampling.set_fields())
-    # Values that ask for nothing beyond the default need no support: n=1, logprobs off, text format.
-    if sampling.response_format is not None and sampling.response_format.type is ResponseFormatType.TEXT:
-        present.discard("response_format")
-    if sampling.n == 1:
-        present.discard("n")
-    if sampling.logprobs is False:
-        present.discard("logprobs")
-    if sampling.top_logprobs == 0:
-        present.discard("top_logprobs")
-    bad = tuple(sorted(present & unsupported))
+    # Only the provider's few unsupported names are looked at, not every sampling field.
+    bad = tuple(sorted(name for name in unsupported if _asks_for(sampling, name)))
     if not bad:
         return sampling, ()
     if strict:
@@ -232,3 +223,19 @@ def supported(
         )
     cleared: dict[str, Any] = {name: () if name == "stop" else None for name in bad}
     return replace(sampling, **cleared), bad
+
+
+def _asks_for(sampling: Sampling, name: str) -> bool:
+    """Does ``sampling`` set ``name`` to something beyond the default (n=1, logprobs off, text)?"""
+    value: Any = getattr(sampling, name)
+    if value is None or value == ():
+        return False
+    if name == "response_format":
+        return bool(value.type is not ResponseFormatType.TEXT)
+    if name == "n":
+        return bool(value != 1)
+    if name == "logprobs":
+        return value is not False
+    if name == "top_logprobs":
+        return bool(value != 0)
+    return True
