@@ -24,7 +24,8 @@ from omnirelay.config.schema import Settings
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import Edge, InFlight
 from omnirelay.providers.registry import ProviderRegistry
-from omnirelay.resilience.health import RouteHealth
+from omnirelay.resilience.breaker import BreakerState
+from omnirelay.resilience.health import DEPLOYMENT_SERVICE_PREFIX, RouteHealth
 from omnirelay.resilience.probes import Prober
 from omnirelay.resilience.retry import RetryBudget
 from omnirelay.routing.catalog import ModelCatalog
@@ -89,6 +90,14 @@ class App:
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        for deployment, state in self.pool.states():
+            serving = state is not BreakerState.OPEN
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            await self.health.set(DEPLOYMENT_SERVICE_PREFIX + deployment, status)
         if self.prober is not None:
             self.prober.start()
         log.info("serving on %s (profile %s)", self.address, self.settings.profile)
@@ -205,7 +214,13 @@ def build_app(
         for name in ROUTED_SERVICES:
             await health_servicer.set(name, status)
 
-    route_health.bind(pool.any_available, publish)
+    async def publish_deployment(deployment: str, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        await health_servicer.set(DEPLOYMENT_SERVICE_PREFIX + deployment, status)
+
+    route_health.bind(pool.any_available, publish, publish_deployment)
     prober = Prober(providers, pool, resilience.probes) if resilience.probes.enabled else None
     if s.reflection:
         reflection.enable_server_reflection((*SERVICE_NAMES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import pytest
@@ -109,6 +109,39 @@ async def test_not_serving_only_when_every_breaker_is_open_and_back_after_the_re
 
     # Nobody calls: the reset timeout alone brings it back.
     assert await wait_status(channel, SERVING, seconds=2.5) == SERVING
+
+
+async def test_each_deployment_is_a_health_service_following_its_breaker(
+    start_server: StartServer, settings: Settings, sim: RunningSim
+) -> None:
+    providers = [sim_provider("p1", sim), sim_provider("p2", sim)]
+    models = [model("m", ("p1", "a+fault=503+fail_first=1"), ("p2", "b"))]
+    breaker = BreakerSettings(failure_threshold=1, reset_timeout_seconds=0.3)
+    _, channel = await start_server(only(settings, providers, models, breaker))
+    health = health_pb2_grpc.HealthStub(channel)
+
+    async def deployment(name: str) -> int:
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=f"omnirelay.deployment/{name}"))
+        return int(reply.status)
+
+    assert await deployment("p1/a+fault=503+fail_first=1") == SERVING
+    assert await deployment("p2/b") == SERVING
+    # p1 fails once (the call falls back to p2): its breaker opens, and so does its health.
+    await completion_pb2_grpc.CompletionServiceStub(channel).Complete(request(model="m"))
+    assert await wait_for_async(lambda: deployment("p1/a+fault=503+fail_first=1"), NOT_SERVING)
+    assert await deployment("p2/b") == SERVING
+    # After the reset timeout the next call is p1's half-open trial; it succeeds and p1 serves again.
+    await asyncio.sleep(0.35)
+    await completion_pb2_grpc.CompletionServiceStub(channel).Complete(request(model="m"))
+    assert await wait_for_async(lambda: deployment("p1/a+fault=503+fail_first=1"), SERVING)
+
+
+async def wait_for_async(probe: Callable[[], Awaitable[int]], wanted: int, seconds: float = 2.0) -> bool:
+    for _ in range(int(seconds / 0.02)):
+        if await probe() == wanted:
+            return True
+        await asyncio.sleep(0.02)
+    return await probe() == wanted
 
 
 async def test_readiness_checks_spend_no_tokens(
