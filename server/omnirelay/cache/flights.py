@@ -12,7 +12,7 @@ more. A flight's failure is raised in every follower.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, TypeVar
 
 _T = TypeVar("_T")
@@ -46,8 +46,31 @@ class Flight(Generic[_T]):
         if not waiting.done():
             waiting.set_result(None)
 
-    async def follow(self) -> AsyncIterator[_T]:
-        """Every item, from the first, as it arrives; then the flight's error, if any."""
+    async def first(self) -> _T:
+        """The first item (a unary flight's answer), or the flight's error."""
+        self.followers += 1
+        try:
+            while not self.items:
+                if self.done:
+                    raise (
+                        self.error if self.error is not None else RuntimeError("the flight published nothing")
+                    )
+                await asyncio.shield(self._wakeup)
+            return self.items[0]
+        finally:
+            self._left()
+
+    def _left(self) -> None:
+        self.followers -= 1
+        if self.followers == 0 and not self.done and self.task is not None:
+            # Nobody is left to answer: stop the upstream call (and its billing).
+            self.task.cancel()
+
+    async def follow(self) -> AsyncGenerator[_T, None]:
+        """Every item, from the first, as it arrives; then the flight's error, if any.
+
+        Use it with ``contextlib.aclosing`` so a follower that stops early leaves at once.
+        """
         self.followers += 1
         try:
             seen = 0
@@ -62,10 +85,7 @@ class Flight(Generic[_T]):
                 # Shielded: a follower's cancel must not resolve the future the others wait on.
                 await asyncio.shield(self._wakeup)
         finally:
-            self.followers -= 1
-            if self.followers == 0 and not self.done and self.task is not None:
-                # Nobody is left to answer: stop the upstream call (and its billing).
-                self.task.cancel()
+            self._left()
 
 
 class Flights(Generic[_T]):

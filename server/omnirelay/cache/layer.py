@@ -16,6 +16,7 @@ nothing upstream (usage keeps the answer's token counts, ``cost_micros`` 0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -28,7 +29,7 @@ from omnirelay.cache.entry import CachedAnswer, from_events, from_response
 from omnirelay.cache.flights import Flight, Flights
 from omnirelay.cache.keys import cache_key
 from omnirelay.cache.policy import Decision, decide
-from omnirelay.cache.stores import CacheStore
+from omnirelay.cache.stores import CacheStore, MemoryStore
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings
 from omnirelay.errors import (
     DeadlineExceededError,
@@ -74,6 +75,8 @@ class CacheLayer:
         self.counters = CacheCounters()
         self._gateway = gateway
         self._timeout = settings.backend_timeout_seconds
+        # The memory store does no I/O: a timeout around it would only cost time on every hit.
+        self._bounded = not isinstance(store, MemoryStore)
         self._unary: Flights[completion_pb2.CompleteResponse] = Flights()
         self._streams: Flights[stream_pb2.StreamCompleteResponse] = Flights()
         self._writes: set[asyncio.Task[None]] = set()
@@ -112,6 +115,8 @@ class CacheLayer:
 
     async def _get(self, key: str) -> CachedAnswer | None:
         try:
+            if not self._bounded:
+                return await self.store.get(key)
             async with asyncio.timeout(self._timeout):
                 return await self.store.get(key)
         except Exception as exc:  # a slow or broken store is a miss, never a failed call
@@ -200,14 +205,13 @@ class CacheLayer:
     async def _follow_unary(
         self, flight: Flight[completion_pb2.CompleteResponse], outcome: int, rid: str, context: Context
     ) -> completion_pb2.CompleteResponse:
-        async for shared in flight.follow():
-            out = completion_pb2.CompleteResponse()
-            out.CopyFrom(shared)
-            out.route.cache = outcome  # type: ignore[assignment]
-            out.route.request_id = rid
-            context.set_trailing_metadata(_metadata(out.route))
-            return out
-        raise OmniRelayError("the shared upstream call ended without an answer")
+        shared = await flight.first()
+        out = completion_pb2.CompleteResponse()
+        out.CopyFrom(shared)
+        out.route.cache = outcome  # type: ignore[assignment]
+        out.route.request_id = rid
+        context.set_trailing_metadata(_metadata(out.route))
+        return out
 
     # --- streams ----------------------------------------------------------------------------
 
@@ -351,14 +355,21 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
 async def _follow_stream(
     flight: Flight[stream_pb2.StreamCompleteResponse], outcome: int, rid: str, context: Context
 ) -> None:
-    write = context.write
-    async for event in flight.follow():
-        if event.HasField("done"):
-            own = stream_pb2.StreamCompleteResponse()
-            own.CopyFrom(event)
-            own.done.route.cache = outcome  # type: ignore[assignment]
-            own.done.route.request_id = rid
-            context.set_trailing_metadata(_metadata(own.done.route))
-            await write(own)
-        else:
-            await write(event)
+    async with contextlib.aclosing(flight.follow()) as events:
+        async for event in events:
+            await _write_followed(event, outcome, rid, context)
+
+
+async def _write_followed(
+    event: stream_pb2.StreamCompleteResponse, outcome: int, rid: str, context: Context
+) -> None:
+    if not event.HasField("done"):
+        await context.write(event)
+        return
+    # Every follower gets its own route facts: its request id and how it was served.
+    own = stream_pb2.StreamCompleteResponse()
+    own.CopyFrom(event)
+    own.done.route.cache = outcome  # type: ignore[assignment]
+    own.done.route.request_id = rid
+    context.set_trailing_metadata(_metadata(own.done.route))
+    await context.write(own)
