@@ -54,6 +54,7 @@ def from_response(response: completion_pb2.CompleteResponse) -> CachedAnswer | N
     answer = completion_pb2.CompleteResponse()
     answer.choices.extend(response.choices)
     answer.usage.CopyFrom(response.usage)
+    answer.usage.cost_micros = 0  # a stored answer costs nothing when served again
     events = tuple(_events_of(answer))
     return _answer(events, answer, response.route)
 
@@ -62,11 +63,21 @@ def from_events(
     events: Iterable[stream_pb2.StreamCompleteResponse], route: types_pb2.RouteFacts
 ) -> CachedAnswer | None:
     """A completed stream's events to store (None: not storable)."""
-    kept = tuple(e for e in events if e.WhichOneof("event") in _ANSWER_EVENTS)
+    kept = tuple(_free(e) for e in events if e.WhichOneof("event") in _ANSWER_EVENTS)
     answer = assemble(kept)
     if not answer.choices or any(c.finish_reason in _UNCACHEABLE for c in answer.choices):
         return None
     return _answer(kept, answer, route)
+
+
+def _free(event: stream_pb2.StreamCompleteResponse) -> stream_pb2.StreamCompleteResponse:
+    """The event as replayed from the store: a usage event's cost is nothing."""
+    if not event.HasField("usage") or not event.usage.cost_micros:
+        return event
+    free = stream_pb2.StreamCompleteResponse()
+    free.CopyFrom(event)
+    free.usage.cost_micros = 0
+    return free
 
 
 def _answer(

@@ -41,19 +41,12 @@ from omnirelay.errors import (
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import REQUEST_ID_HEADER, current_request_id
 from omnirelay.services import convert, render
-from omnirelay.services.context import deadline
+from omnirelay.services.context import CACHE_OUTCOME_NAMES, deadline
 from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
 log = logging.getLogger("omnirelay.cache")
 Context = aio.ServicerContext[Any, Any]
 _NO_POLICY = ModelCacheSettings()
-_OUTCOME_NAMES = {
-    types_pb2.CACHE_OUTCOME_HIT: "hit",
-    types_pb2.CACHE_OUTCOME_MISS: "miss",
-    types_pb2.CACHE_OUTCOME_COALESCED: "coalesced",
-    types_pb2.CACHE_OUTCOME_BYPASS: "bypass",
-    types_pb2.CACHE_OUTCOME_REFRESH: "refresh",
-}
 
 
 @dataclass(slots=True)
@@ -131,8 +124,9 @@ class CacheLayer:
             return
         try:
             async with asyncio.timeout(self._timeout):
-                await self.store.set(key, answer, ttl)
-            self.counters.stored += 1
+                stored = await self.store.set(key, answer, ttl)
+            if stored:
+                self.counters.stored += 1
         except Exception as exc:
             self.counters.backend_errors += 1
             log.warning("cache %s set failed (%s); answer not stored", self.store.name, type(exc).__name__)
@@ -159,9 +153,12 @@ class CacheLayer:
             if decision.only_cached:
                 raise _not_cached(model)
             self.counters.bypassed += 1
+            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
             response = await inner(request, context)
-            response.route.cache = types_pb2.CACHE_OUTCOME_BYPASS
             return response
+        bad = convert.option_violations(request)
+        if bad:
+            raise InvalidArgumentError(bad)
         started = time.perf_counter()
         key = cache_key(request, model, request.attribution.project)
         rid = current_request_id()
@@ -210,6 +207,8 @@ class CacheLayer:
         out.CopyFrom(shared)
         out.route.cache = outcome  # type: ignore[assignment]
         out.route.request_id = rid
+        if outcome == types_pb2.CACHE_OUTCOME_COALESCED:
+            out.usage.cost_micros = 0  # the leader's call paid for it
         context.set_trailing_metadata(_metadata(out.route))
         return out
 
@@ -231,8 +230,12 @@ class CacheLayer:
             if decision.only_cached:
                 raise _not_cached(model)
             self.counters.bypassed += 1
+            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
             await inner(request, context)
             return
+        bad = convert.option_violations(body)
+        if bad:
+            raise InvalidArgumentError([FieldViolation(f"request.{v.field}", v.description) for v in bad])
         started = time.perf_counter()
         key = cache_key(body, model, body.attribution.project)
         rid = current_request_id()
@@ -245,7 +248,7 @@ class CacheLayer:
             if decision.only_cached:
                 self.counters.misses += 1
                 raise _not_cached(model)
-            flight = self._streams.get(key)
+            flight = self._streams.get(key) if self.settings.coalesce else None
             if flight is not None:
                 self.counters.coalesced += 1
                 await _follow_stream(flight, types_pb2.CACHE_OUTCOME_COALESCED, rid, context)
@@ -274,7 +277,11 @@ class CacheLayer:
                 if done is not None:
                     await self._set(key, from_events(items, done), decision.ttl_seconds)
 
-        flight = self._streams.start(key, lead)
+        if self.settings.coalesce and decision.lookup:
+            flight = self._streams.start(key, lead)
+        else:
+            # Not shared: a flight of its own (nobody else joins it), so the code path is one.
+            flight = Flights[stream_pb2.StreamCompleteResponse]().start(key, lead)
         await _follow_stream(flight, decision.outcome, rid, context)
 
 
@@ -306,7 +313,7 @@ def _metadata(route: types_pb2.RouteFacts) -> tuple[tuple[str, str], ...]:
         (REQUEST_ID_HEADER, route.request_id),
         ("x-omnirelay-model", route.resolved_model),
         ("x-omnirelay-provider", route.provider),
-        ("x-omnirelay-cache", _OUTCOME_NAMES.get(route.cache, "")),
+        ("x-omnirelay-cache", CACHE_OUTCOME_NAMES.get(route.cache, "")),
     )
 
 
@@ -363,6 +370,12 @@ async def _follow_stream(
 async def _write_followed(
     event: stream_pb2.StreamCompleteResponse, outcome: int, rid: str, context: Context
 ) -> None:
+    if outcome == types_pb2.CACHE_OUTCOME_COALESCED and event.HasField("usage") and event.usage.cost_micros:
+        free = stream_pb2.StreamCompleteResponse()
+        free.CopyFrom(event)
+        free.usage.cost_micros = 0  # the leader's call paid for it
+        await context.write(free)
+        return
     if not event.HasField("done"):
         await context.write(event)
         return

@@ -40,8 +40,8 @@ class CacheStore(Protocol):
         """The answer stored under ``key``, or None (absent or expired)."""
         ...
 
-    async def set(self, key: str, answer: CachedAnswer, ttl_seconds: float) -> None:
-        """Store ``answer`` for ``ttl_seconds``."""
+    async def set(self, key: str, answer: CachedAnswer, ttl_seconds: float) -> bool:
+        """Store ``answer`` for ``ttl_seconds``; False when the store declined it (too large)."""
         ...
 
     async def clear(self, model: str | None = None) -> int:
@@ -106,14 +106,15 @@ class MemoryStore:
         self._slots.move_to_end(key)
         return slot.answer
 
-    async def set(self, key: str, answer: CachedAnswer, ttl_seconds: float) -> None:
+    async def set(self, key: str, answer: CachedAnswer, ttl_seconds: float) -> bool:
         # An answer that could never fit would evict everything and then go itself.
         if answer.size > self._max_bytes or ttl_seconds <= 0:
-            return
+            return False
         self._remove(key)
         self._slots[key] = _Slot(answer, self._clock() + ttl_seconds)
         self._bytes += answer.size
         self._evict()
+        return True
 
     async def clear(self, model: str | None = None) -> int:
         self._drop_expired()
@@ -252,15 +253,16 @@ class RedisStore:
             raise self._error("get", exc) from None
         return answer
 
-    async def set(self, key: str, answer: CachedAnswer, ttl_seconds: float) -> None:
+    async def set(self, key: str, answer: CachedAnswer, ttl_seconds: float) -> bool:
         if ttl_seconds <= 0:
-            return
+            return False
         # A float TTL makes aiocache use PSETEX (milliseconds); at least 1 ms, as 0 is an error.
         ttl = max(float(ttl_seconds), 0.001)
         try:
             await self._cache.set(key, answer, ttl=ttl)
         except (RedisError, OSError) as exc:
             raise self._error("set", exc) from None
+        return True
 
     async def clear(self, model: str | None = None) -> int:
         # SCAN and UNLINK by prefix, never FLUSHDB or KEYS: the database may hold other data,

@@ -7,6 +7,7 @@ from typing import Any
 from grpc import aio
 
 from omnirelay.cache.layer import CacheLayer
+from omnirelay.cache.stores import StoreStats
 from omnirelay.errors import FailedPreconditionError
 from omnirelay.routing.catalog import ModelCatalog
 from omnirelay_client.v1 import cache_pb2, cache_pb2_grpc
@@ -25,7 +26,11 @@ class CacheService(cache_pb2_grpc.CacheServiceServicer):
         if self._layer is None:
             return cache_pb2.GetCacheStatsResponse(backend="off")
         c = self._layer.counters
-        stored = await self._layer.store.stats()
+        try:
+            stored = await self._layer.store.stats()
+        except Exception:  # an unreachable store still has counters worth seeing
+            c.backend_errors += 1
+            stored = StoreStats(entries=0, bytes=0, evictions=0)
         return cache_pb2.GetCacheStatsResponse(
             backend=self._layer.store.name,
             hits=c.hits,

@@ -9,6 +9,8 @@ from grpc import aio
 
 from omnirelay.domain import RouteInfo
 from omnirelay.interceptors.edge import REQUEST_ID_HEADER
+from omnirelay.services import render
+from omnirelay_client.v1 import types_pb2
 
 
 def deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
@@ -26,8 +28,21 @@ def route_metadata(route: RouteInfo) -> tuple[tuple[str, str], ...]:
     and cost a fifth of a small unary call's time in `make bench`. A stream's RouteStarted
     event already tells the caller the route up front.
     """
-    return (
+    base = (
         (REQUEST_ID_HEADER, route.request_id),
         ("x-omnirelay-model", route.resolved_model),
         ("x-omnirelay-provider", route.deployment.provider),
     )
+    outcome = render.cache_outcome.get()
+    if outcome:
+        return (*base, ("x-omnirelay-cache", CACHE_OUTCOME_NAMES[outcome]))
+    return base
+
+
+CACHE_OUTCOME_NAMES: dict[int, str] = {
+    types_pb2.CACHE_OUTCOME_HIT: "hit",
+    types_pb2.CACHE_OUTCOME_MISS: "miss",
+    types_pb2.CACHE_OUTCOME_COALESCED: "coalesced",
+    types_pb2.CACHE_OUTCOME_BYPASS: "bypass",
+    types_pb2.CACHE_OUTCOME_REFRESH: "refresh",
+}

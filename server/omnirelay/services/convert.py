@@ -100,6 +100,19 @@ _STRATEGIES = {
 }
 
 
+def option_violations(msg: completion_pb2.CompleteRequest) -> list[FieldViolation]:
+    """Problems in the options a cache key leaves out (routing, cache), for a request served from cache.
+
+    Everything else in the request is part of the key, so a stored answer implies it was valid.
+    """
+    bad: list[FieldViolation] = []
+    if msg.HasField("routing"):
+        _routing(msg.routing, bad)
+    if msg.HasField("cache"):
+        _cache(msg.cache, bad)
+    return bad
+
+
 def _routing(routing: types_pb2.RoutingOptions, bad: list[FieldViolation]) -> d.Routing:
     strategy = _STRATEGIES.get(routing.strategy)
     if strategy is None:

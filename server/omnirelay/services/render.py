@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextvars import ContextVar
 
 from google.protobuf import duration_pb2
 
@@ -11,6 +12,9 @@ from omnirelay.config.routing import PricingSettings
 from omnirelay.config.schema import ModelSettings
 from omnirelay.errors import attempt_proto
 from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
+
+# Set by the cache layer for a call it let through (BYPASS): the route facts report it.
+cache_outcome: ContextVar[int] = ContextVar("omnirelay_cache_outcome", default=0)
 
 _FINISH = {
     d.FinishReason.UNKNOWN: types_pb2.FINISH_REASON_UNSPECIFIED,
@@ -80,6 +84,9 @@ def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo, upstream_request_id
     facts.request_id = r.request_id
     if r.fallback_used:
         facts.fallback_used = True
+    outcome = cache_outcome.get()
+    if outcome:
+        facts.cache = outcome  # type: ignore[assignment]
     if r.dropped_parameters:
         facts.dropped_parameters.extend(r.dropped_parameters)
     if r.attempts:
