@@ -45,6 +45,9 @@ class LoadConfig:
     upstream_pid: int = 0
     # The server is a parent of workers: its CPU is that of the process and its descendants.
     server_tree: bool = False
+    # Unary over gRPC: deterministic requests (temperature 0), which omnirelay answers from its
+    # response cache; a call not answered from it (route.cache other than HIT) is an error.
+    cache_hit: bool = False
 
 
 @dataclass(frozen=True, slots=True)

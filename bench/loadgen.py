@@ -5,6 +5,9 @@ After a warm-up the generator measures a fixed window: the calls that completed 
 latencies (and, streaming, their time to first message and to first text), and the stream messages
 delivered in it. It prints one JSON object (`LoadResult`) on stdout, which is how `bench.run` reads
 it. With `--protocol http` the same is measured of the simulator's HTTP API (`bench.httpload`).
+With `--cache-hit` the unary request asks for temperature 0, which omnirelay answers from its
+response cache: the probe fills the cache and must then be answered from it, and every measured
+call must be a hit (`route.cache`), or it counts as an error.
 
 Run: python -m bench.loadgen --target 127.0.0.1:PORT --mode unary --concurrency 16
 """
@@ -35,8 +38,12 @@ from bench.loadcore import (
     drain,
     result,
 )
-from bench.workload import MODEL, MODES, STREAM_EVENTS, stream_request, unary_request
-from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, stream_pb2, stream_pb2_grpc
+from bench.workload import MODEL, MODES, STREAM_EVENTS, cached_unary_request, stream_request, unary_request
+from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, stream_pb2, stream_pb2_grpc, types_pb2
+
+# Calls the cache-hit probe makes at most before one is answered from the cache: the first fills it
+# (the store is written as the answer goes out, so the next call may still just miss it).
+CACHE_PROBE_CALLS = 5
 
 
 def _rpc_error(exc: grpc.aio.AioRpcError) -> str:
@@ -63,6 +70,38 @@ async def _unary_worker(
             errors.add(_rpc_error(exc))
             continue
         rec.unary_done(t0, clock(), start_ns, end_ns)
+
+
+def _cache_outcome(response: completion_pb2.CompleteResponse) -> str:
+    return types_pb2.CacheOutcome.Name(response.route.cache)
+
+
+async def _cache_hit_worker(
+    stub: completion_pb2_grpc.CompletionServiceAsyncStub,
+    request: completion_pb2.CompleteRequest,
+    start_ns: int,
+    end_ns: int,
+    rec: Recorder,
+    errors: Errors,
+) -> None:
+    """`_unary_worker`, holding every answer to be a cache hit: anything else is not what is measured."""
+    complete = stub.Complete
+    clock = time.perf_counter_ns
+    hit = types_pb2.CACHE_OUTCOME_HIT
+    while True:
+        t0 = clock()
+        if t0 >= end_ns:
+            return
+        try:
+            response = await complete(request)
+        except grpc.aio.AioRpcError as exc:
+            errors.add(_rpc_error(exc))
+            continue
+        t1 = clock()
+        if response.route.cache != hit:
+            errors.add(f"not a cache hit: route.cache {_cache_outcome(response)}")
+            continue
+        rec.unary_done(t0, t1, start_ns, end_ns)
 
 
 async def _stream_worker(
@@ -106,8 +145,24 @@ async def _stream_worker(
         rec.stream_done(t0, first, token, t1, received, start_ns, end_ns)
 
 
-async def _probe(channel: grpc.aio.Channel, mode: str, model: str) -> Probe:
+async def _cache_probe(channel: grpc.aio.Channel, model: str) -> Probe:
+    """Calls until one is answered from the cache (the first fills it); that answer's size."""
+    stub = completion_pb2_grpc.CompletionServiceStub(channel)
+    request = cached_unary_request(model)
+    outcomes = []
+    for _ in range(CACHE_PROBE_CALLS):
+        response = await stub.Complete(request)
+        outcomes.append(_cache_outcome(response))
+        if response.route.cache == types_pb2.CACHE_OUTCOME_HIT:
+            return Probe(1, response.ByteSize(), check_tokens("unary", response.usage.output_tokens))
+        await asyncio.sleep(0.05)
+    return Probe(1, response.ByteSize(), f"no cache hit in {len(outcomes)} calls: {', '.join(outcomes)}")
+
+
+async def _probe(channel: grpc.aio.Channel, mode: str, model: str, cache_hit: bool = False) -> Probe:
     """One call outside the measurement: the number of messages and serialized bytes of the answer."""
+    if cache_hit:
+        return await _cache_probe(channel, model)
     if mode == "unary":
         response = await completion_pb2_grpc.CompletionServiceStub(channel).Complete(unary_request(model))
         return Probe(1, response.ByteSize(), check_tokens(mode, response.usage.output_tokens))
@@ -131,7 +186,7 @@ async def run_load(config: LoadConfig) -> LoadResult:
         for channel in channels:
             await asyncio.wait_for(channel.channel_ready(), timeout=10.0)
         try:
-            probe = await _probe(channels[0], config.mode, model)
+            probe = await _probe(channels[0], config.mode, model, config.cache_hit)
         except grpc.aio.AioRpcError as exc:
             probe = Probe(0, 0, _rpc_error(exc))
         if probe.problem:
@@ -144,7 +199,11 @@ async def run_load(config: LoadConfig) -> LoadResult:
         tasks = []
         for i, rec in enumerate(recorders):
             channel = channels[i % len(channels)]
-            if config.mode == "unary":
+            if config.cache_hit:
+                unary_stub = completion_pb2_grpc.CompletionServiceStub(channel)
+                cached = cached_unary_request(model)
+                work = _cache_hit_worker(unary_stub, cached, start_ns, end_ns, rec, errors)
+            elif config.mode == "unary":
                 unary_stub = completion_pb2_grpc.CompletionServiceStub(channel)
                 work = _unary_worker(unary_stub, unary_request(model), start_ns, end_ns, rec, errors)
             else:
@@ -183,7 +242,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--server-tree", action="store_true", help="measure the server with its child processes (workers)"
     )
+    parser.add_argument(
+        "--cache-hit",
+        action="store_true",
+        help="unary, grpc: ask with temperature 0 and require every answer to come from omnirelay's cache",
+    )
     args = parser.parse_args(argv)
+    if args.cache_hit and (args.mode != "unary" or args.protocol != "grpc"):
+        parser.error("--cache-hit measures unary calls over grpc")
     config = LoadConfig(
         target=args.target,
         mode=args.mode,
@@ -197,6 +263,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream_events=args.stream_events,
         upstream_pid=args.upstream_pid,
         server_tree=args.server_tree,
+        cache_hit=args.cache_hit,
     )
     run = run_load if config.protocol == "grpc" else httpload.run_load
     print(json.dumps(asdict(asyncio.run(run(config)))), flush=True)

@@ -13,6 +13,7 @@ from bench.outcome import HoldMeasurement, StartupSample
 from bench.procs import StopOutcome
 from bench.results import (
     BASELINES,
+    CACHE_HIT,
     DIRECT,
     ECHO_SCENARIO,
     RELAY,
@@ -77,13 +78,16 @@ def _ratio_name(r: Ratio) -> str:
         return f"{'relay_' if r.baseline == DIRECT else 'vs_relay_'}{r.mode}"
     if r.scenario == WORKERS_SCENARIO:
         return f"workers_2_vs_1_{r.mode}"
+    if r.subject == CACHE_HIT:
+        return f"cache_hit_{r.mode}"
     return r.mode
 
 
 def ratio_lines(ratios: Sequence[Ratio]) -> list[str]:
-    """Lines a script can grep for: `RATIO unary c=64: 0.42` (omnirelay / echo), `RATIO vs_relay_unary
-    c=1: 0.8` (omnirelay / bare relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client),
-    `RATIO workers_2_vs_1_unary c=64: 1.6`."""
+    """Lines a script can grep for: `RATIO unary c=64: 0.42` (omnirelay / echo), `RATIO cache_hit_unary
+    c=64: 0.9` (omnirelay's cache hits / echo), `RATIO vs_relay_unary c=1: 0.8` (omnirelay / bare
+    relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client), `RATIO workers_2_vs_1_unary
+    c=64: 1.6`."""
     return [f"RATIO {_ratio_name(r)} c={r.concurrency}: {number(r.of_medians)}" for r in ratios]
 
 
@@ -117,6 +121,11 @@ def _header(report: Report) -> list[str]:
     )
     stops = _stops(report.stops)
     levels = f"concurrency {','.join(map(str, config.concurrency))}"
+    cache_levels = [c for c in config.concurrency if c in config.cache_concurrency]
+    if ECHO_SCENARIO not in config.scenarios or "unary" not in config.modes or CACHE_HIT in report.skipped:
+        cache_levels = []
+    if cache_levels:
+        levels += f" (cache hits: {','.join(map(str, cache_levels))})"
     if SIM_SCENARIO in config.scenarios:
         levels += f" (sim: {','.join(map(str, config.sim_concurrency))})"
     if WORKERS_SCENARIO in config.scenarios:
@@ -201,7 +210,7 @@ def _load(s: Summary, server_cpu: tuple[str, ...]) -> tuple[str, ...]:
 
 def _echo_sections(report: Report) -> list[str]:
     summaries = [s for s in report.summaries if s.scenario == ECHO_SCENARIO]
-    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO]
+    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.subject == SUBJECT]
     by_mode = {mode: [s for s in summaries if s.mode == mode] for mode in report.config.modes}
     out: list[str] = []
     if "unary" in by_mode:
@@ -258,9 +267,32 @@ def _echo_sections(report: Report) -> list[str]:
     if ratios:
         out += ["", "## omnirelay / echo (calls/s unary, messages/s streaming)", ""]
         out += _ratio_table(ratios)
+    out += _cache_section(report)
     if summaries:
         out += ["", "## Answer sizes (one call, serialized protobuf)", ""]
         out += _sizes_table(summaries)
+    return out
+
+
+def _cache_section(report: Report) -> list[str]:
+    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.subject == CACHE_HIT]
+    hits = [s for s in report.summaries if s.scenario == ECHO_SCENARIO and s.target == CACHE_HIT]
+    skipped = report.skipped.get(CACHE_HIT, "")
+    if not (ratios or hits or skipped):
+        return []
+    out = ["", f"## Cache hits / echo (`{CACHE_HIT}`, unary calls/s)", ""]
+    if skipped:
+        return [*out, skipped]
+    out += [
+        f"`{CACHE_HIT}`: the same omnirelay server as `{SUBJECT}`, called with the same unary request "
+        "plus `temperature` 0, which its response cache (in memory, on by default) stores: the load "
+        "generator's probe fills the cache and must then be answered from it, and every measured call "
+        "must come back with `route.cache` HIT (any other counts as an error). A hit skips routing "
+        "and the provider; the answer has the uncached one's tokens (sizes under Answer sizes). "
+        f"Measured interleaved with `echo` and `{SUBJECT}`; its rows are in the unary table above.",
+        "",
+    ]
+    out += _ratio_table(ratios)
     return out
 
 

@@ -1,6 +1,7 @@
 """What the load scenarios produced: measurements, their summaries over repeats, omnirelay / baseline ratios.
 
-`echo` compares omnirelay with a bare grpc.aio server; `sim` compares omnirelay relaying the provider
+`echo` compares omnirelay with a bare grpc.aio server, and omnirelay answering from its response
+cache (`cache-hit`) with the same server; `sim` compares omnirelay relaying the provider
 simulator with a bare grpc.aio relay in front of it and with a client calling the simulator
 directly; `workers` compares omnirelay serving with one and with two worker processes. The other
 scenarios (`streams`, `start`) have figures of their own (bench.holdload, bench.startup).
@@ -27,6 +28,9 @@ DIRECT = "direct"
 # bench.relay_server in front of the simulator: gRPC in, httpx out, no gateway logic.
 RELAY = "relay"
 SUBJECT = "omnirelay"
+# The echo scenario's omnirelay server called with deterministic requests (temperature 0), which it
+# answers from its response cache: every measured call is a hit.
+CACHE_HIT = "cache-hit"
 # The workers scenario's targets: omnirelay serving with this many worker processes.
 WORKER_COUNTS = (1, 2)
 
@@ -39,7 +43,7 @@ def workers_target(count: int) -> str:
 BASELINES: dict[str, tuple[str, ...]] = {ECHO_SCENARIO: (BASELINE,), SIM_SCENARIO: (RELAY, DIRECT)}
 # Every target of the scenarios measured with bench.loadgen, in the order they are measured.
 TARGETS: dict[str, tuple[str, ...]] = {
-    ECHO_SCENARIO: (BASELINE, SUBJECT),
+    ECHO_SCENARIO: (BASELINE, SUBJECT, CACHE_HIT),
     SIM_SCENARIO: (DIRECT, RELAY, SUBJECT),
     WORKERS_SCENARIO: tuple(workers_target(n) for n in WORKER_COUNTS),
 }
@@ -57,6 +61,8 @@ class RunConfig:
     scenarios: tuple[str, ...]
     # The simulator scenario's concurrency levels (its unary calls wait on an upstream).
     sim_concurrency: tuple[int, ...]
+    # The echo scenario's levels at which cache hits are measured too (unary; among `concurrency`).
+    cache_concurrency: tuple[int, ...]
     # The workers scenario's concurrency level and client channels (enough connections for the
     # kernel to spread them over the workers' sockets).
     workers_concurrency: int
@@ -132,6 +138,8 @@ class Ratio:
     of_medians: float
     low: float
     high: float
+    # The target over the baseline: omnirelay, its cache hits, or a worker count.
+    subject: str = SUBJECT
 
 
 def _rate(result: LoadResult) -> float:
@@ -201,6 +209,7 @@ def ratio(
         of_medians=median_subject / median_baseline if median_baseline > 0 else math.nan,
         low=min(paired, default=math.nan),
         high=max(paired, default=math.nan),
+        subject=subject_name,
     )
 
 

@@ -1,7 +1,8 @@
 """`make bench`: omnirelay against baselines, in the same run on the same machine.
 
 Five scenarios, one after the other, each starting its servers and stopping them again.
-`echo`: omnirelay (local provider) against a bare grpc.aio echo server.
+`echo`: omnirelay (local provider) against a bare grpc.aio echo server, and omnirelay answering
+deterministic unary calls from its response cache against the same echo server (at c=64).
 `sim`: omnirelay relaying the provider simulator (`omnirelay sim`) through its OpenAI adapter,
 against a bare grpc.aio relay in front of the same simulator and against the load generator calling
 the simulator directly over HTTP.
@@ -41,7 +42,10 @@ from bench.outcome import Outcome
 from bench.procs import RunningServer, pin_to, stop_all
 from bench.quiet import Patience
 from bench.results import (
+    BASELINE,
     BASELINES,
+    CACHE_HIT,
+    ECHO_SCENARIO,
     LOAD_SCENARIOS,
     SCENARIOS,
     SIM_SCENARIO,
@@ -119,6 +123,13 @@ def _parser() -> argparse.ArgumentParser:
         type=_int_list,
         default=(1, 16, 64, 256),
         help="calls in flight in the echo scenario (default 1,16,64,256)",
+    )
+    parser.add_argument(
+        "--cache-concurrency",
+        type=_int_list,
+        default=(64,),
+        help="levels among --concurrency at which the echo scenario also measures omnirelay's "
+        "cache hits, unary (default 64)",
     )
     parser.add_argument("--repeats", type=int, default=3, help="measurements per figure (default 3)")
     parser.add_argument("--channels", type=int, default=4, help="client channels (default 4)")
@@ -248,6 +259,8 @@ class _Runner:
             argv += ["--upstream-pid", str(target.upstream.process.pid)]
         if target.spread:
             argv += ["--server-tree"]
+        if target.cache_hit:
+            argv += ["--cache-hit"]
         # With workers spread over both cores, the load generator takes its chance like them (on
         # every CPU: it would otherwise inherit the runner's one).
         cpus = config.all_cpus if target.spread else config.loadgen_cpus
@@ -302,7 +315,7 @@ class _Runner:
                 for repeat in range(self.config.repeats):
                     # ABBA order: whatever favours the first (or last) of the targets cancels out.
                     for target in list(live) if repeat % 2 == 0 else live[::-1]:
-                        if target not in live:
+                        if target not in live or not target.measures(mode, concurrency):
                             continue
                         m = self.measure_settled(scenario, target, mode, concurrency, repeat)
                         out.measurements.append(m)
@@ -323,8 +336,15 @@ class _Runner:
     def run_load_scenario(self, scenario: str, argv: Mapping[str, Sequence[str]], launcher: Launcher) -> None:
         """Start a scenario's servers, measure its targets, and stop the servers again."""
         started: list[RunningServer] = []
+        cache_levels: tuple[int, ...] = ()
+        if scenario == ECHO_SCENARIO:
+            if missing := cache_missing(argv[OMNIRELAY_SERVER]):
+                self.out.skipped[CACHE_HIT] = missing
+                print(f"{CACHE_HIT}: {missing}", file=sys.stderr, flush=True)
+            else:
+                cache_levels = self.config.cache_concurrency
         try:
-            targets = start_targets(scenario, argv, launcher, self.out.failures, started)
+            targets = start_targets(scenario, argv, launcher, self.out.failures, started, cache_levels)
             for server in started:
                 self.out.started(server)
                 print(
@@ -392,6 +412,13 @@ def workers_missing(omnirelay_argv: Sequence[str]) -> str:
     return ""
 
 
+def cache_missing(omnirelay_argv: Sequence[str]) -> str:
+    """Why omnirelay's cache hits cannot be measured, or "" when they can."""
+    if "serve" not in omnirelay_argv:
+        return "Cache hits need `omnirelay serve`; another command stands in for it: skipped."
+    return ""
+
+
 def _raise_exit(signum: int, frame: FrameType | None) -> None:
     # SIGTERM unwinds like Ctrl-C does, so the servers are stopped on the way out.
     raise SystemExit(128 + signum)
@@ -409,6 +436,7 @@ def _config(
         modes=args.modes,
         scenarios=args.scenarios,
         sim_concurrency=args.sim_concurrency,
+        cache_concurrency=args.cache_concurrency,
         workers_concurrency=args.workers_concurrency,
         workers_channels=args.workers_channels,
         streams_local=args.streams,
@@ -484,6 +512,13 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
         for c in _levels(config, scenario)
         if (r := ratio(out.measurements, scenario, mode, c, baseline))
     ]
+    if ECHO_SCENARIO in config.scenarios and "unary" in config.modes:
+        ratios += [
+            r
+            for c in config.concurrency
+            if c in config.cache_concurrency
+            and (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, BASELINE, subject_name=CACHE_HIT))
+        ]
     if WORKERS_SCENARIO in config.scenarios:
         one, two = (workers_target(n) for n in WORKER_COUNTS)
         c = config.workers_concurrency
@@ -509,7 +544,7 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
         holds=out.holds,
         startups=out.startups,
         skipped=out.skipped,
-        goals=evaluate(config, ratios, added, out.holds, out.startups),
+        goals=evaluate(config, ratios, added, out.holds, out.startups, summaries, out.skipped),
         failures=out.failures,
         warnings=out.warnings,
         wall_s=wall_s,

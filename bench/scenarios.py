@@ -1,6 +1,8 @@
 """The load scenarios' servers, and the targets the load generator calls in each.
 
-`echo`: the echo server and omnirelay (its `local` provider), both over gRPC.
+`echo`: the echo server and omnirelay (its `local` provider), both over gRPC; and the same omnirelay
+server called with deterministic requests, which it answers from its response cache (`cache-hit`,
+unary only, at the levels asked for: it starts no server of its own).
 `sim`: the provider simulator, the bare relay (bench.relay_server) and omnirelay, both relays with
 the simulator's OpenAI API behind them. Targets: omnirelay and the relay over gRPC, and the
 simulator's HTTP API directly.
@@ -24,6 +26,7 @@ from pathlib import Path
 from bench.procs import POLL_S, RunningServer, ServerSpec, ServerStartError, start_server
 from bench.results import (
     BASELINE,
+    CACHE_HIT,
     DIRECT,
     ECHO_SCENARIO,
     RELAY,
@@ -64,6 +67,14 @@ class Target:
     # The server runs unpinned as several processes: the load generator is not pinned either, the
     # server's CPU is that of the process and its children, and other load cannot be told apart.
     spread: bool = False
+    # The modes and concurrency levels (empty: all of the scenario's) this target is measured at.
+    modes: tuple[str, ...] = MODES
+    levels: tuple[int, ...] = ()
+    # Deterministic unary requests, every answer required to come from omnirelay's response cache.
+    cache_hit: bool = False
+
+    def measures(self, mode: str, concurrency: int) -> bool:
+        return mode in self.modes and (not self.levels or concurrency in self.levels)
 
     @property
     def processes(self) -> tuple[RunningServer, ...]:
@@ -119,8 +130,12 @@ def start_targets(
     launcher: Launcher,
     failures: list[str],
     started: list[RunningServer],
+    cache_levels: tuple[int, ...] = (),
 ) -> list[Target]:
-    """Start a scenario's servers (`argv` by process name) and return the targets that can be measured."""
+    """Start a scenario's servers (`argv` by process name) and return the targets that can be measured.
+
+    `cache_levels`: the echo scenario's concurrency levels at which cache hits are measured too.
+    """
     if scenario == ECHO_SCENARIO:
         targets = []
         echo = launcher.start(ServerSpec(ECHO_SERVER, tuple(argv[ECHO_SERVER])), failures, started)
@@ -131,6 +146,18 @@ def start_targets(
         )
         if omnirelay:
             targets.append(Target(SUBJECT, omnirelay, "grpc", omnirelay.address))
+            if cache_levels:
+                # The same server: its cache is on by default, and the hits need nothing else.
+                hits = Target(
+                    CACHE_HIT,
+                    omnirelay,
+                    "grpc",
+                    omnirelay.address,
+                    modes=("unary",),
+                    levels=cache_levels,
+                    cache_hit=True,
+                )
+                targets.append(hits)
         return targets
     if scenario == SIM_SCENARIO:
         return _start_sim(argv, launcher, failures, started)

@@ -8,7 +8,7 @@ run's settings did not measure (`--quick`, other levels or scenarios) shows as N
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -17,6 +17,7 @@ from bench.memory import megabytes
 from bench.outcome import HoldMeasurement, StartupSample
 from bench.results import (
     BASELINE,
+    CACHE_HIT,
     ECHO_SCENARIO,
     RELAY,
     SIM_SCENARIO,
@@ -26,6 +27,7 @@ from bench.results import (
     AddedLatency,
     Ratio,
     RunConfig,
+    Summary,
 )
 from bench.sections import median_first_call_s, median_warm_rss_mb
 from bench.streams import LOCAL_CASE
@@ -34,6 +36,8 @@ PASS: Final = "PASS"
 FAIL: Final = "FAIL"
 NOT_MEASURED: Final = "N/A"
 RATIO_C: Final = 64
+# Cache hits / echo, unary calls/s at RATIO_C: a hit skips routing and the provider.
+CACHE_HIT_RATIO: Final = 0.8
 LATENCY_C: Final = 1
 MANY_STREAMS: Final = 10_000
 GIB_MB: Final = 2**30 / 1e6
@@ -54,12 +58,9 @@ def _goal(name: str, goal: str, value: float, passed: bool, planned: bool, shown
     return Goal(name, goal, shown or number(value), PASS if passed else FAIL)
 
 
-def _echo_ratio(ratios: Sequence[Ratio], mode: str) -> float:
-    found = [
-        r
-        for r in ratios
-        if (r.scenario, r.baseline, r.mode, r.concurrency) == (ECHO_SCENARIO, BASELINE, mode, RATIO_C)
-    ]
+def _echo_ratio(ratios: Sequence[Ratio], mode: str, subject: str = SUBJECT) -> float:
+    key = (ECHO_SCENARIO, BASELINE, subject, mode, RATIO_C)
+    found = [r for r in ratios if (r.scenario, r.baseline, r.subject, r.mode, r.concurrency) == key]
     return found[0].of_medians if found else math.nan
 
 
@@ -75,6 +76,8 @@ def evaluate(
     added: Sequence[AddedLatency],
     holds: Sequence[HoldMeasurement],
     startups: Sequence[StartupSample],
+    summaries: Sequence[Summary] = (),
+    skipped: Mapping[str, str] | None = None,
 ) -> list[Goal]:
     goals: list[Goal] = []
     scenarios = config.scenarios
@@ -84,6 +87,7 @@ def evaluate(
             value = _echo_ratio(ratios, mode)
             goal = f"{SUBJECT} / echo, {mode} {what} at c={RATIO_C} >= 0.7"
             goals.append(_goal(f"{mode}_vs_echo_c{RATIO_C}", goal, value, value >= 0.7, planned))
+        goals.append(_cache_hit(config, ratios, summaries, (skipped or {}).get(CACHE_HIT, "")))
     if SIM_SCENARIO in scenarios:
         planned = LATENCY_C in config.sim_concurrency and "unary" in config.modes
         a = _added(added)
@@ -104,6 +108,27 @@ def evaluate(
         goal = "cold start (spawn to first Complete answered, median) < 2 s"
         goals.append(_goal("cold_start", goal, cold, cold < 2.0, True, f"{cold:.2f} s"))
     return goals
+
+
+def _cache_hit(
+    config: RunConfig, ratios: Sequence[Ratio], summaries: Sequence[Summary], skipped: str
+) -> Goal:
+    """Cache hits against echo; FAIL too when any measured call was not a hit (or failed)."""
+    name = f"cache_hit_vs_echo_c{RATIO_C}"
+    goal = (
+        f"{SUBJECT} answering from its cache / echo, unary calls/s at c={RATIO_C} >= {CACHE_HIT_RATIO:g} "
+        "(every measured call a hit)"
+    )
+    if skipped:
+        return Goal(name, goal, skipped, NOT_MEASURED)
+    levels = set(config.concurrency) & set(config.cache_concurrency)
+    planned = RATIO_C in levels and "unary" in config.modes
+    value = _echo_ratio(ratios, "unary", CACHE_HIT)
+    key = (ECHO_SCENARIO, CACHE_HIT, "unary", RATIO_C)
+    errors = sum(s.errors for s in summaries if (s.scenario, s.target, s.mode, s.concurrency) == key)
+    if errors and math.isfinite(value):
+        return Goal(name, goal, f"{number(value)}, {errors} calls not hits or failed", FAIL)
+    return _goal(name, goal, value, value >= CACHE_HIT_RATIO, planned)
 
 
 def _many_streams(config: RunConfig, holds: Sequence[HoldMeasurement]) -> Goal:

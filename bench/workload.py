@@ -66,6 +66,17 @@ def unary_request(model: str = MODEL) -> completion_pb2.CompleteRequest:
     return complete_request(UNARY_MAX_TOKENS, model)
 
 
+def cached_unary_request(model: str = MODEL) -> completion_pb2.CompleteRequest:
+    """The unary request made deterministic (temperature 0), which omnirelay caches by default.
+
+    Every call after the first is then answered from the cache. The answer has as many tokens as
+    the uncached request's, and about its size (the report's "Answer sizes" shows both).
+    """
+    request = unary_request(model)
+    request.sampling.temperature = 0.0
+    return request
+
+
 def stream_request(model: str = MODEL) -> stream_pb2.StreamCompleteRequest:
     return stream_pb2.StreamCompleteRequest(request=complete_request(STREAM_MAX_TOKENS, model))
 
