@@ -54,11 +54,15 @@ class StreamCompletionService(stream_pb2_grpc.StreamCompletionServiceServicer):
             await events.aclose()
 
 
+# A tuple, not a union: isinstance is faster with it, and this runs once per event.
+_ROUTE_EVENTS = (RouteStart, RouteChange)
+
+
 async def _relay(events: AsyncGenerator[GatewayEvent, None], context: aio.ServicerContext[Any, Any]) -> None:
     write = context.write
     event_to_proto = render.stream_event
     async for event in events:
-        if isinstance(event, RouteStart | RouteChange):
+        if isinstance(event, _ROUTE_EVENTS):
             # The trailers name whoever finishes the stream: after a continuation, the new route.
             context.set_trailing_metadata(route_metadata(event.route))
         await write(event_to_proto(event))
