@@ -49,3 +49,24 @@ async def test_an_earlier_deadline_watched_later_still_fires_on_time() -> None:
     assert reaper.unwatch(slow) is False
     slow.cancel()
     reaper.close()
+
+
+async def test_bound_turns_the_reapers_cancel_into_a_timeout_and_leaves_other_cancels_alone() -> None:
+    reaper = DeadlineReaper(resolution=0.01)
+    loop = asyncio.get_running_loop()
+    with pytest.raises(TimeoutError):
+        async with reaper.bound(loop.time() + 0.05):
+            await asyncio.sleep(5)
+    current = asyncio.current_task()
+    assert current is not None and current.cancelling() == 0
+
+    async def caller_leaves() -> None:
+        async with reaper.bound(loop.time() + 600):
+            await asyncio.sleep(5)
+
+    task = asyncio.ensure_future(caller_leaves())
+    await asyncio.sleep(0.02)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    reaper.close()

@@ -12,6 +12,7 @@ cancels the call itself.
 from __future__ import annotations
 
 import asyncio
+from types import TracebackType
 
 
 class DeadlineReaper:
@@ -58,7 +59,39 @@ class DeadlineReaper:
         if self._watched:
             self._schedule(min(self._watched.values()))
 
+    def bound(self, when: float) -> Bound:
+        """``async with reaper.bound(when):`` raises TimeoutError once ``when`` passes (as timeout_at)."""
+        return Bound(self, when)
+
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
+
+
+class Bound:
+    """One call's default deadline, as an async context manager."""
+
+    __slots__ = ("_reaper", "_task", "_when")
+
+    def __init__(self, reaper: DeadlineReaper, when: float) -> None:
+        self._reaper = reaper
+        self._when = when
+        self._task: asyncio.Task[object] | None = None
+
+    async def __aenter__(self) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._task = task
+        self._reaper.watch(task, self._when)
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        task = self._task
+        assert task is not None
+        expired = self._reaper.unwatch(task)
+        if expired and kind is asyncio.CancelledError:
+            # The cancel was the reaper's, not the caller's: it becomes a timeout.
+            task.uncancel()
+            raise TimeoutError from exc

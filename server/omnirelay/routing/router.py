@@ -112,21 +112,11 @@ class Router:
     async def _complete_by_default_deadline(self, plan: Plan, trail: Trail, started: float) -> Completion:
         assert plan.primary.deadline_seconds is not None
         own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
-        task = asyncio.current_task()
-        assert task is not None
-        self.reaper.watch(task, own)
-        expired = False
         try:
-            return await self._complete(plan, trail, started, own)
-        except asyncio.CancelledError:
-            expired = self.reaper.unwatch(task)
-            if not expired:
-                raise
-            task.uncancel()
+            async with self.reaper.bound(own):
+                return await self._complete(plan, trail, started, own)
+        except TimeoutError:
             raise trail.deadline(plan) from None
-        finally:
-            if not expired:
-                self.reaper.unwatch(task)
 
     async def _complete(self, plan: Plan, trail: Trail, started: float, deadline: float | None) -> Completion:
         for cand in plan.candidates():
