@@ -58,7 +58,8 @@ async def test_bound_turns_the_reapers_cancel_into_a_timeout_and_leaves_other_ca
         async with reaper.bound(loop.time() + 0.05):
             await asyncio.sleep(5)
     current = asyncio.current_task()
-    assert current is not None and current.cancelling() == 0
+    assert current is not None
+    assert current.cancelling() == 0
 
     async def caller_leaves() -> None:
         async with reaper.bound(loop.time() + 600):
