@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -40,22 +39,6 @@ def answer(text: str = "hello from redis", model: str = "gpt-4o") -> CachedAnswe
 
 def key(model: str, n: int) -> str:
     return f"{model}|{n:032x}"
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"omnirelay-test:{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-async def raw(redis_url: str, prefix: str) -> AsyncIterator[redis.Redis]:
-    """A plain client to look under the store, and to remove every key the test left (under its prefix)."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -40,22 +39,6 @@ async def sim() -> AsyncIterator[RunningSim]:
     running = await start()
     yield running
     await running.stop()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"omnirelay-test:{uuid.uuid4().hex}"
-
-
-@pytest.fixture
-async def raw(redis_url: str, prefix: str) -> AsyncIterator[redis.Redis]:
-    """A plain client to look under the store; removes every key left under the test's prefix."""
-    client = redis.Redis.from_url(redis_url)
-    yield client
-    keys = [k async for k in client.scan_iter(match=f"{prefix}*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
 
 
 def redis_settings(settings: Settings, sim: RunningSim, url: str, prefix: str, **cache: Any) -> Settings:

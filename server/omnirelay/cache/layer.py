@@ -61,6 +61,17 @@ class CacheCounters:
     backend_errors: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """A call the cache applies to, after its lookup."""
+
+    decision: Decision
+    key: str
+    rid: str
+    started: float
+    answer: CachedAnswer | None
+
+
 class CacheLayer:
     def __init__(self, settings: CacheSettings, store: CacheStore, gateway: Gateway) -> None:
         self.settings = settings
@@ -136,6 +147,39 @@ class CacheLayer:
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 
+    # --- what both kinds of call do first -----------------------------------------------------
+
+    async def _begin(self, request: completion_pb2.CompleteRequest, field_prefix: str) -> _Begun | None:
+        """Policy, validation, key and lookup. None: the cache does not apply (run the handler).
+
+        Raises for invalid options (a stored answer must not excuse them) and for a miss under
+        ONLY_IF_CACHED.
+        """
+        decided = self._decide(request)
+        if decided is None:
+            return None
+        decision, model = decided
+        if not decision.lookup and not decision.store:
+            if decision.only_cached:
+                raise _not_cached(model)
+            self.counters.bypassed += 1
+            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
+            return None
+        bad = convert.option_violations(request)
+        if bad:
+            raise InvalidArgumentError([FieldViolation(field_prefix + v.field, v.description) for v in bad])
+        started = time.perf_counter()
+        key = cache_key(request, model, request.attribution.project)
+        answer = None
+        if decision.lookup:
+            answer = await self._get(key)
+            if answer is not None:
+                self.counters.hits += 1
+            elif decision.only_cached:
+                self.counters.misses += 1
+                raise _not_cached(model)
+        return _Begun(decision, key, current_request_id(), started, answer)
+
     # --- unary ------------------------------------------------------------------------------
 
     async def _complete(
@@ -144,34 +188,16 @@ class CacheLayer:
         context: Context,
         inner: Callable[[completion_pb2.CompleteRequest, Context], Awaitable[Any]],
     ) -> completion_pb2.CompleteResponse:
-        decided = self._decide(request)
-        if decided is None:
+        begun = await self._begin(request, "")
+        if begun is None:
             response: completion_pb2.CompleteResponse = await inner(request, context)
             return response
-        decision, model = decided
-        if not decision.lookup and not decision.store:
-            if decision.only_cached:
-                raise _not_cached(model)
-            self.counters.bypassed += 1
-            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
-            response = await inner(request, context)
-            return response
-        bad = convert.option_violations(request)
-        if bad:
-            raise InvalidArgumentError(bad)
-        started = time.perf_counter()
-        key = cache_key(request, model, request.attribution.project)
-        rid = current_request_id()
+        decision, key, rid = begun.decision, begun.key, begun.rid
+        if begun.answer is not None:
+            out = _hit_response(begun.answer, request.model, rid, begun.started)
+            context.set_trailing_metadata(_metadata(out.route))
+            return out
         if decision.lookup:
-            answer = await self._get(key)
-            if answer is not None:
-                self.counters.hits += 1
-                out = _hit_response(answer, request.model, rid, started)
-                context.set_trailing_metadata(_metadata(out.route))
-                return out
-            if decision.only_cached:
-                self.counters.misses += 1
-                raise _not_cached(model)
             flight = self._unary.get(key)
             if flight is not None:
                 self.counters.coalesced += 1
@@ -221,33 +247,15 @@ class CacheLayer:
         inner: Callable[[stream_pb2.StreamCompleteRequest, Context], Awaitable[None]],
     ) -> None:
         body = request.request
-        decided = self._decide(body)
-        if decided is None:
+        begun = await self._begin(body, "request.")
+        if begun is None:
             await inner(request, context)
             return
-        decision, model = decided
-        if not decision.lookup and not decision.store:
-            if decision.only_cached:
-                raise _not_cached(model)
-            self.counters.bypassed += 1
-            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
-            await inner(request, context)
+        decision, key, rid = begun.decision, begun.key, begun.rid
+        if begun.answer is not None:
+            await _replay(begun.answer, body.model, rid, begun.started, context)
             return
-        bad = convert.option_violations(body)
-        if bad:
-            raise InvalidArgumentError([FieldViolation(f"request.{v.field}", v.description) for v in bad])
-        started = time.perf_counter()
-        key = cache_key(body, model, body.attribution.project)
-        rid = current_request_id()
         if decision.lookup:
-            answer = await self._get(key)
-            if answer is not None:
-                self.counters.hits += 1
-                await _replay(answer, body.model, rid, started, context)
-                return
-            if decision.only_cached:
-                self.counters.misses += 1
-                raise _not_cached(model)
             flight = self._streams.get(key) if self.settings.coalesce else None
             if flight is not None:
                 self.counters.coalesced += 1
@@ -263,9 +271,13 @@ class CacheLayer:
         async def lead(flight: Flight[stream_pb2.StreamCompleteResponse]) -> None:
             events = self._gateway.stream(domain_request, own)
             try:
-                async with asyncio.timeout_at(own):
+                if own is None:
                     async for event in events:
                         flight.publish(render.stream_event(event))
+                else:
+                    async with self._gateway.router.reaper.bound(own):
+                        async for event in events:
+                            flight.publish(render.stream_event(event))
             except TimeoutError:
                 raise _stream_deadline(domain_request.model) from None
             finally:

@@ -124,10 +124,7 @@ class Router:
             tries = 0
             while True:
                 tries += 1
-                try:
-                    target.breaker.admit()
-                except CircuitOpenError:
-                    trail.circuit_open(cand)
+                if not _admitted(cand, trail):
                     break
                 stats = target.stats
                 stats.in_flight += 1
@@ -181,10 +178,7 @@ class Router:
                 tries = 0
                 while True:
                     tries += 1
-                    try:
-                        target.breaker.admit()
-                    except CircuitOpenError:
-                        trail.circuit_open(cand)
+                    if not _admitted(cand, trail):
                         break
                     attempt_started = time.perf_counter()
                     route = trail.route(plan, cand, started, attempt_started, None)
@@ -258,6 +252,16 @@ class Router:
         """Event-loop time the model's default deadline ends at, for a call that set none."""
         seconds = self.catalog.resolve(model).deadline_seconds
         return None if seconds is None else asyncio.get_running_loop().time() + seconds
+
+
+def _admitted(cand: Candidate, trail: Trail) -> bool:
+    """Does the deployment's breaker let this attempt through? An open one is recorded, not called."""
+    try:
+        cand.target.breaker.admit()
+    except CircuitOpenError:
+        trail.circuit_open(cand)
+        return False
+    return True
 
 
 class _StopError(Exception):
