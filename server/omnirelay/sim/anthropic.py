@@ -34,6 +34,7 @@ from omnirelay.sim.core import (
     drop_connection,
     error_response,
     hang,
+    last_message,
     open_stream,
     parse_options,
     pause,
@@ -131,7 +132,7 @@ def _facts(body: dict[str, Any], stream: bool, header: str) -> PromptFacts:
         forced = tools[0]
     output_format = _object(_object(body.get("output_config")).get("format"))
     max_tokens = body.get("max_tokens")
-    last_role, last_message = _last(body)
+    last_role, last_text = last_message(body)
     return PromptFacts(
         model=str(body.get("model", "")),
         prompt=_prompt(body),
@@ -143,21 +144,8 @@ def _facts(body: dict[str, Any], stream: bool, header: str) -> PromptFacts:
         stream=stream,
         options_header=header,
         last_role=last_role,
-        last_message=last_message,
+        last_message=last_text,
     )
-
-
-def _last(body: dict[str, Any]) -> tuple[str, str]:
-    """The last message's role and text (its text blocks joined), for the record."""
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
-    if not messages:
-        return "", ""
-    content = messages[-1].get("content")
-    if isinstance(content, list):
-        content = "".join(
-            str(b.get("text", "")) for b in content if isinstance(b, dict) and b.get("type") == "text"
-        )
-    return str(messages[-1].get("role", "")), str(content or "")
 
 
 def _object(value: Any) -> dict[str, Any]:

@@ -365,3 +365,20 @@ def error_response(
     if plan.retry_after is not None and status in (429, 503, 529):
         headers["retry-after"] = f"{plan.retry_after:g}"
     return web.json_response(body, status=status, headers=headers)
+
+
+def last_message(body: Mapping[str, Any]) -> tuple[str, str]:
+    """The last message's role and text (its text parts joined), for the record.
+
+    OpenAI's and Anthropic's message lists have the same shape here: role, and content as a
+    string or a list of typed parts.
+    """
+    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
+    if not messages:
+        return "", ""
+    content = messages[-1].get("content")
+    if isinstance(content, list):
+        content = "".join(
+            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return str(messages[-1].get("role", "")), str(content or "")

@@ -44,6 +44,7 @@ from omnirelay.sim.core import (
     drop_connection,
     error_response,
     hang,
+    last_message,
     open_stream,
     pause,
     send,
@@ -201,7 +202,7 @@ def _facts(body: dict[str, Any], model: str, stream: bool, header: str) -> Promp
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     stop = body.get("stop") or ()
     fmt = body.get("response_format") or {}
-    last_role, last_message = _last(body)
+    last_role, last_text = last_message(body)
     return PromptFacts(
         model=model,
         prompt=_prompt(body),
@@ -213,21 +214,8 @@ def _facts(body: dict[str, Any], model: str, stream: bool, header: str) -> Promp
         stream=stream,
         options_header=header,
         last_role=last_role,
-        last_message=last_message,
+        last_message=last_text,
     )
-
-
-def _last(body: dict[str, Any]) -> tuple[str, str]:
-    """The last message's role and text (its text parts joined), for the record."""
-    messages = [m for m in body.get("messages") or () if isinstance(m, dict)]
-    if not messages:
-        return "", ""
-    content = messages[-1].get("content")
-    if isinstance(content, list):
-        content = "".join(
-            str(p.get("text", "")) for p in content if isinstance(p, dict) and p.get("type") == "text"
-        )
-    return str(messages[-1].get("role", "")), str(content or "")
 
 
 def _prompt(body: dict[str, Any]) -> str:
