@@ -57,7 +57,7 @@ def completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> 
     """The domain request, or InvalidArgumentError naming every bad field."""
     bad: list[FieldViolation] = []
     messages = messages_from(msg.messages, bad)
-    tools = tuple(_tool(t, i, bad) for i, t in enumerate(msg.tools))
+    tools = tuple(_tool(t, i, bad) for i, t in enumerate(msg.tools)) if msg.tools else ()
     # Unset sub-messages (the common case) take the shared defaults: no per-call objects.
     tool_choice = _DEFAULT_TOOL_CHOICE
     if msg.HasField("tool_choice"):
@@ -140,11 +140,13 @@ def messages_from(items: Any, bad: list[FieldViolation], *, required: bool = Tru
 
 
 def _message(m: types_pb2.Message, i: int, bad: list[FieldViolation]) -> d.Message:
-    path = f"messages[{i}]"
+    # The common message (a known role, text parts, no tool calls) builds no error paths.
     role = _ROLES.get(m.role)
     if role is None:
         bad.append(
-            FieldViolation(f"{path}.role", "is required: ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL")
+            FieldViolation(
+                f"messages[{i}].role", "is required: ROLE_SYSTEM, ROLE_USER, ROLE_ASSISTANT or ROLE_TOOL"
+            )
         )
         role = d.Role.USER
     parts: list[d.ContentPart] = []
@@ -155,19 +157,21 @@ def _message(m: types_pb2.Message, i: int, bad: list[FieldViolation]) -> d.Messa
         elif kind == "image":
             image = part.image
             if image.WhichOneof("source") is None:
-                bad.append(FieldViolation(f"{path}.content[{j}].image", "must set url or data"))
+                bad.append(FieldViolation(f"messages[{i}].content[{j}].image", "must set url or data"))
             elif image.HasField("data") and not image.media_type:
-                bad.append(FieldViolation(f"{path}.content[{j}].image.media_type", "is required with data"))
+                bad.append(
+                    FieldViolation(f"messages[{i}].content[{j}].image.media_type", "is required with data")
+                )
             parts.append(d.ImagePart(image.url, image.data, image.media_type, image.detail))
         else:
-            bad.append(FieldViolation(f"{path}.content[{j}]", "must set text or image"))
-    calls = tuple(d.ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls)
+            bad.append(FieldViolation(f"messages[{i}].content[{j}]", "must set text or image"))
+    calls = tuple(d.ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls) if m.tool_calls else ()
     if not parts and not calls:
-        bad.append(FieldViolation(f"{path}.content", "must contain at least one part (or tool calls)"))
+        bad.append(FieldViolation(f"messages[{i}].content", "must contain at least one part (or tool calls)"))
     if calls and role is not d.Role.ASSISTANT:
-        bad.append(FieldViolation(f"{path}.tool_calls", "only assistant messages carry tool calls"))
+        bad.append(FieldViolation(f"messages[{i}].tool_calls", "only assistant messages carry tool calls"))
     if role is d.Role.TOOL and not m.tool_call_id:
-        bad.append(FieldViolation(f"{path}.tool_call_id", "is required for ROLE_TOOL messages"))
+        bad.append(FieldViolation(f"messages[{i}].tool_call_id", "is required for ROLE_TOOL messages"))
     return d.Message(role, tuple(parts), m.name, calls, m.tool_call_id)
 
 
