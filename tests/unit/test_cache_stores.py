@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from redis.asyncio.connection import UnixDomainSocketConnection
 
 from omnirelay.cache import entry
 from omnirelay.cache.entry import CachedAnswer
@@ -204,8 +205,13 @@ async def test_build_store_follows_the_backend_setting() -> None:
 
 
 async def test_redis_store_takes_unix_socket_urls() -> None:
-    # Built only: connections are made on first use.
+    # Built only: connections are made on first use. The pool must aim at the socket and the db.
     redis = RedisStore(CacheSettings(backend="redis", redis_url="unix:///run/redis.sock?db=2"))
+    pool = redis._client.connection_pool
+    assert pool.connection_class is UnixDomainSocketConnection
+    assert pool.connection_kwargs["path"] == "/run/redis.sock"
+    assert pool.connection_kwargs["db"] == 2
+    assert "host" not in pool.connection_kwargs
     await redis.aclose()
 
 
