@@ -25,6 +25,7 @@ from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import Edge, InFlight
 from omnirelay.providers.registry import ProviderRegistry
 from omnirelay.resilience.breaker import BreakerState
+from omnirelay.resilience.deadlines import DeadlineReaper
 from omnirelay.resilience.health import DEPLOYMENT_SERVICE_PREFIX, RouteHealth
 from omnirelay.resilience.probes import Prober
 from omnirelay.resilience.retry import RetryBudget
@@ -120,6 +121,7 @@ class App:
         if self.prober is not None:
             await self.prober.stop()
         self.route_health.close()
+        self.gateway.reaper.close()
         if self.cache is not None:
             await self.cache.aclose()
         await self.providers.aclose()
@@ -163,10 +165,11 @@ def build_app(
         settings.routing,
         pool,
     )
+    reaper = DeadlineReaper()
     router = Router(
-        catalog, dict(default_strategies()), RetryBudget(resilience.retry_budget), settings.routing
+        catalog, dict(default_strategies()), RetryBudget(resilience.retry_budget), settings.routing, reaper
     )
-    gateway = Gateway(router, providers)
+    gateway = Gateway(router, providers, reaper)
 
     edge = Edge()
     server = aio.server(

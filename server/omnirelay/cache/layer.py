@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,8 @@ from omnirelay.cache.keys import cache_key
 from omnirelay.cache.policy import Decision, decide
 from omnirelay.cache.stores import CacheStore, MemoryStore
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings
+from omnirelay.domain import GatewayEvent
 from omnirelay.errors import (
-    DeadlineExceededError,
     FieldViolation,
     InvalidArgumentError,
     NotFoundError,
@@ -262,24 +262,15 @@ class CacheLayer:
                 await _follow_stream(flight, types_pb2.CACHE_OUTCOME_COALESCED, rid, context)
                 return
         self.counters.misses += 1
-        try:
-            domain_request = convert.completion_request(body, rid)
-        except Exception as exc:
-            raise _prefixed(exc) from None
+        domain_request = convert.stream_completion_request(body, rid)
         own = self._gateway.default_deadline(domain_request.model)
 
         async def lead(flight: Flight[stream_pb2.StreamCompleteResponse]) -> None:
             events = self._gateway.stream(domain_request, own)
             try:
-                if own is None:
-                    async for event in events:
-                        flight.publish(render.stream_event(event))
-                else:
-                    async with self._gateway.router.reaper.bound(own):
-                        async for event in events:
-                            flight.publish(render.stream_event(event))
-            except TimeoutError:
-                raise _stream_deadline(domain_request.model) from None
+                await self._gateway.within_default_deadline(
+                    domain_request.model, own, _publish(events, flight)
+                )
             finally:
                 await events.aclose()
             flight.finish()
@@ -297,19 +288,11 @@ class CacheLayer:
         await _follow_stream(flight, decision.outcome, rid, context)
 
 
-def _stream_deadline(model: str) -> OmniRelayError:
-    return DeadlineExceededError(
-        f"the stream passed the default deadline of model {model!r} (the caller set none); "
-        "set a gRPC deadline on the call to choose your own"
-    )
-
-
-def _prefixed(exc: Exception) -> Exception:
-    if isinstance(exc, InvalidArgumentError):
-        return InvalidArgumentError(
-            [FieldViolation(f"request.{v.field}", v.description) for v in exc.violations]
-        )
-    return exc
+async def _publish(
+    events: AsyncIterator[GatewayEvent], flight: Flight[stream_pb2.StreamCompleteResponse]
+) -> None:
+    async for event in events:
+        flight.publish(render.stream_event(event))
 
 
 def _not_cached(model: str) -> NotFoundError:

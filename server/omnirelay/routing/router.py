@@ -65,12 +65,13 @@ class Router:
         strategies: dict[str, Strategy],
         budget: RetryBudget,
         settings: RoutingSettings,
+        reaper: DeadlineReaper,
     ) -> None:
         self.catalog = catalog
         self._strategies = strategies
         self._budget = budget
         self._recover = settings.stream_recovery == "continue"
-        self.reaper = DeadlineReaper()
+        self._reaper = reaper
         self._alpha = settings.latency_ewma_alpha
 
     def _verdict(
@@ -113,7 +114,7 @@ class Router:
         assert plan.primary.deadline_seconds is not None
         own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
         try:
-            async with self.reaper.bound(own):
+            async with self._reaper.bound(own):
                 return await self._complete(plan, trail, started, own)
         except TimeoutError:
             raise trail.deadline(plan) from None

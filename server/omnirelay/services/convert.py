@@ -100,6 +100,16 @@ _STRATEGIES = {
 }
 
 
+def stream_completion_request(msg: completion_pb2.CompleteRequest, request_id: str) -> d.CompletionRequest:
+    """``completion_request`` for the request inside a StreamCompleteRequest: paths say ``request.``."""
+    try:
+        return completion_request(msg, request_id)
+    except InvalidArgumentError as exc:
+        raise InvalidArgumentError(
+            [FieldViolation(f"request.{v.field}", v.description) for v in exc.violations]
+        ) from None
+
+
 def option_violations(msg: completion_pb2.CompleteRequest) -> list[FieldViolation]:
     """Problems in the options a cache key leaves out (routing, cache), for a request served from cache.
 

@@ -8,7 +8,6 @@ from typing import Any
 from grpc import aio
 
 from omnirelay.domain import GatewayEvent, RouteChange, RouteStart
-from omnirelay.errors import DeadlineExceededError, FieldViolation, InvalidArgumentError
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import current_request_id
 from omnirelay.services import convert, render
@@ -23,31 +22,12 @@ class StreamCompletionService(stream_pb2_grpc.StreamCompletionServiceServicer):
     async def StreamComplete(  # type: ignore[override]  # noqa: N802 (writes with context.write)
         self, request: stream_pb2.StreamCompleteRequest, context: aio.ServicerContext[Any, Any]
     ) -> None:
-        try:
-            domain_request = convert.completion_request(request.request, current_request_id())
-        except InvalidArgumentError as exc:
-            raise InvalidArgumentError(
-                [FieldViolation(f"request.{v.field}", v.description) for v in exc.violations]
-            ) from None
+        domain_request = convert.stream_completion_request(request.request, current_request_id())
         caller = deadline(context)
         own = self._gateway.default_deadline(domain_request.model) if caller is None else None
         events = self._gateway.stream(domain_request, caller if caller is not None else own)
         try:
-            if own is None:
-                await _relay(events, context)
-            else:
-                # The model's default deadline, for a caller that set none. It wraps the whole
-                # relay (not each chunk): on expiry the pending await is cancelled, which closes
-                # the gateway stream and the upstream with it. The reaper's one shared timer, not
-                # a timer per stream: asyncio.timeout_at here cost 11% of streaming throughput.
-                try:
-                    async with self._gateway.router.reaper.bound(own):
-                        await _relay(events, context)
-                except TimeoutError:
-                    raise DeadlineExceededError(
-                        f"the stream passed the default deadline of model {domain_request.model!r} "
-                        "(the caller set none); set a gRPC deadline on the call to choose your own"
-                    ) from None
+            await self._gateway.within_default_deadline(domain_request.model, own, _relay(events, context))
         finally:
             # A client cancel lands here as CancelledError; closing the gateway stream
             # closes the provider's, which stops generation upstream at once.
