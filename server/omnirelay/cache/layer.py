@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -41,12 +41,15 @@ from omnirelay.errors import (
 from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import REQUEST_ID_HEADER, current_request_id
 from omnirelay.services import convert, render
-from omnirelay.services.context import CACHE_OUTCOME_NAMES, deadline
+from omnirelay.services.context import CACHE_OUTCOME_NAMES
 from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
 log = logging.getLogger("omnirelay.cache")
 Context = aio.ServicerContext[Any, Any]
 _NO_POLICY = ModelCacheSettings()
+_T = TypeVar("_T")
+# A flight's body: call upstream, publish what comes, finish, store.
+Lead = Callable[[Flight[_T]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -83,7 +86,6 @@ class CacheLayer:
         self._bounded = not isinstance(store, MemoryStore)
         self._unary: Flights[completion_pb2.CompleteResponse] = Flights()
         self._streams: Flights[stream_pb2.StreamCompleteResponse] = Flights()
-        self._writes: set[asyncio.Task[None]] = set()
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -110,9 +112,7 @@ class CacheLayer:
         return decide(request, policy, self.settings), entry.name
 
     async def aclose(self) -> None:
-        """Finish pending writes, then release the store (at shutdown)."""
-        if self._writes:
-            await asyncio.wait(set(self._writes), timeout=self._timeout * 4)
+        """Release the store (at shutdown)."""
         await self.store.aclose()
 
     # --- the store, bounded -----------------------------------------------------------------
@@ -141,11 +141,6 @@ class CacheLayer:
         except Exception as exc:
             self.counters.backend_errors += 1
             log.warning("cache %s set failed (%s); answer not stored", self.store.name, type(exc).__name__)
-
-    def _store_later(self, key: str, answer: CachedAnswer | None, ttl: float) -> None:
-        task = asyncio.ensure_future(self._set(key, answer, ttl))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
 
     # --- what both kinds of call do first -----------------------------------------------------
 
@@ -204,7 +199,6 @@ class CacheLayer:
                 return await self._follow_unary(flight, types_pb2.CACHE_OUTCOME_COALESCED, rid, context)
         self.counters.misses += 1
         domain_request = convert.completion_request(request, rid)
-        caller_deadline = deadline(context)
 
         async def lead(flight: Flight[completion_pb2.CompleteResponse]) -> None:
             completion = await self._gateway.complete(domain_request, None)
@@ -214,16 +208,18 @@ class CacheLayer:
             if decision.store:
                 await self._set(key, from_response(answered), decision.ttl_seconds)
 
+        flight = self._flight(self._unary, key, decision, lead)
+        return await self._follow_unary(flight, decision.outcome, rid, context)
+
+    def _flight(self, shared: Flights[_T], key: str, decision: Decision, lead: Lead[_T]) -> Flight[_T]:
+        """The call's upstream call, in a task of its own; shared with identical calls when coalescing.
+
+        Unshared, it is a flight nobody else joins, so both cases run the same code: the caller
+        leaving cancels it (it was the last follower), and the answer is stored by the flight.
+        """
         if self.settings.coalesce and decision.lookup:
-            flight = self._unary.start(key, lead)
-            return await self._follow_unary(flight, decision.outcome, rid, context)
-        completion = await self._gateway.complete(domain_request, caller_deadline)
-        answered = render.complete_response(completion)
-        if decision.store:
-            self._store_later(key, from_response(answered), decision.ttl_seconds)
-        answered.route.cache = decision.outcome  # type: ignore[assignment]
-        context.set_trailing_metadata(_metadata(answered.route))
-        return answered
+            return shared.start(key, lead)
+        return Flights[_T]().start(key, lead)
 
     async def _follow_unary(
         self, flight: Flight[completion_pb2.CompleteResponse], outcome: int, rid: str, context: Context
@@ -280,12 +276,7 @@ class CacheLayer:
                 if done is not None:
                     await self._set(key, from_events(items, done), decision.ttl_seconds)
 
-        if self.settings.coalesce and decision.lookup:
-            flight = self._streams.start(key, lead)
-        else:
-            # Not shared: a flight of its own (nobody else joins it), so the code path is one.
-            flight = Flights[stream_pb2.StreamCompleteResponse]().start(key, lead)
-        await _follow_stream(flight, decision.outcome, rid, context)
+        await _follow_stream(self._flight(self._streams, key, decision, lead), decision.outcome, rid, context)
 
 
 async def _publish(

@@ -119,9 +119,11 @@ def arrange(strategy: Strategy, targets: Sequence[Target], sticky_key: str) -> l
     """Available deployments in the strategy's order, then the ones whose breaker is open."""
     if len(targets) == 1:
         return [targets[0]]
-    available = [t for t in targets if t.breaker.available()]
-    if len(available) == len(targets):
+    available: list[Target] = []
+    blocked: list[Target] = []
+    for t in targets:
+        (available if t.breaker.available() else blocked).append(t)
+    if not blocked:
         return strategy.order(targets, sticky_key)
-    blocked = [t for t in targets if not t.breaker.available()]
     ordered = strategy.order(available, sticky_key) if available else []
     return ordered + sorted(blocked, key=_by_priority)
