@@ -199,11 +199,20 @@ class CompletionRequest:
 
 @dataclass(frozen=True, slots=True)
 class TokenUsage:
+    """Tokens in the gateway's one convention, whatever the provider's.
+
+    ``input_tokens`` includes cached reads and cache writes; ``output_tokens``
+    includes reasoning. ``cost_micros`` is filled by the router from the
+    serving deployment's prices (providers leave it 0).
+    """
+
     input_tokens: int = 0
     output_tokens: int = 0
     cached_input_tokens: int = 0
     reasoning_tokens: int = 0
     estimated: bool = False
+    cache_write_input_tokens: int = 0
+    cost_micros: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -429,6 +429,7 @@ class _Usage:
             input_tokens=self.input + self.cache_read + self.cache_creation,
             output_tokens=self.output,
             cached_input_tokens=self.cache_read,
+            cache_write_input_tokens=self.cache_creation,
         )
 
 

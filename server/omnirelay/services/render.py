@@ -42,13 +42,13 @@ def duration(seconds: float) -> duration_pb2.Duration:
     return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
 
 
-def usage(u: d.TokenUsage, cost_micros: int = 0) -> types_pb2.Usage:
+def usage(u: d.TokenUsage) -> types_pb2.Usage:
     out = types_pb2.Usage()
-    _fill_usage(out, u, cost_micros)
+    _fill_usage(out, u)
     return out
 
 
-def _fill_usage(out: types_pb2.Usage, u: d.TokenUsage, cost_micros: int = 0) -> None:
+def _fill_usage(out: types_pb2.Usage, u: d.TokenUsage) -> None:
     # Zero is proto3's default: setting only what is non-zero saves a field write each.
     out.input_tokens = u.input_tokens
     out.output_tokens = u.output_tokens
@@ -56,8 +56,10 @@ def _fill_usage(out: types_pb2.Usage, u: d.TokenUsage, cost_micros: int = 0) -> 
         out.cached_input_tokens = u.cached_input_tokens
     if u.reasoning_tokens:
         out.reasoning_tokens = u.reasoning_tokens
-    if cost_micros:
-        out.cost_micros = cost_micros
+    if u.cache_write_input_tokens:
+        out.cache_write_input_tokens = u.cache_write_input_tokens
+    if u.cost_micros:
+        out.cost_micros = u.cost_micros
     if u.estimated:
         out.estimated = True
 

@@ -841,6 +841,7 @@ class Usage(_message.Message):
     REASONING_TOKENS_FIELD_NUMBER: _builtins.int
     COST_MICROS_FIELD_NUMBER: _builtins.int
     ESTIMATED_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     input_tokens: _builtins.int
     """Prompt tokens, including cached ones."""
     output_tokens: _builtins.int
@@ -853,6 +854,10 @@ class Usage(_message.Message):
     """Cost in micro-US-dollars (1 USD = 1,000,000)."""
     estimated: _builtins.bool
     """True when the counts were estimated locally rather than reported by the provider."""
+    cache_write_input_tokens: _builtins.int
+    """Prompt tokens written to the provider's prompt cache (Anthropic cache_creation; a subset of
+    input_tokens, priced at the cache-write price).
+    """
     def __init__(
         self,
         *,
@@ -862,10 +867,11 @@ class Usage(_message.Message):
         reasoning_tokens: _builtins.int = ...,
         cost_micros: _builtins.int = ...,
         estimated: _builtins.bool = ...,
+        cache_write_input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cached_input_tokens", b"cached_input_tokens", "cost_micros", b"cost_micros", "estimated", b"estimated", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_write_input_tokens", b"cache_write_input_tokens", "cached_input_tokens", b"cached_input_tokens", "cost_micros", b"cost_micros", "estimated", b"estimated", "input_tokens", b"input_tokens", "output_tokens", b"output_tokens", "reasoning_tokens", b"reasoning_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -42,6 +42,18 @@ class _UsageDimensionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageD
     """Calendar day (UTC)."""
     USAGE_DIMENSION_HOUR: _UsageDimension.ValueType  # 6
     """Hour (UTC)."""
+    USAGE_DIMENSION_DEPLOYMENT: _UsageDimension.ValueType  # 7
+    """Deployment."""
+    USAGE_DIMENSION_STATUS: _UsageDimension.ValueType  # 8
+    """Final gRPC status code, by name (OK, UNAVAILABLE...)."""
+    USAGE_DIMENSION_MINUTE: _UsageDimension.ValueType  # 9
+    """Minute (UTC)."""
+    USAGE_DIMENSION_WEEK: _UsageDimension.ValueType  # 10
+    """ISO week (UTC), named by its Monday."""
+    USAGE_DIMENSION_MONTH: _UsageDimension.ValueType  # 11
+    """Calendar month (UTC)."""
+    USAGE_DIMENSION_TAG: _UsageDimension.ValueType  # 12
+    """The value of the tag named in QueryUsageRequest.group_by_tag ("" when the record lacks it)."""
 
 class UsageDimension(_UsageDimension, metaclass=_UsageDimensionEnumTypeWrapper):
     """The dimensions usage can be grouped by."""
@@ -60,6 +72,18 @@ USAGE_DIMENSION_DAY: UsageDimension.ValueType  # 5
 """Calendar day (UTC)."""
 USAGE_DIMENSION_HOUR: UsageDimension.ValueType  # 6
 """Hour (UTC)."""
+USAGE_DIMENSION_DEPLOYMENT: UsageDimension.ValueType  # 7
+"""Deployment."""
+USAGE_DIMENSION_STATUS: UsageDimension.ValueType  # 8
+"""Final gRPC status code, by name (OK, UNAVAILABLE...)."""
+USAGE_DIMENSION_MINUTE: UsageDimension.ValueType  # 9
+"""Minute (UTC)."""
+USAGE_DIMENSION_WEEK: UsageDimension.ValueType  # 10
+"""ISO week (UTC), named by its Monday."""
+USAGE_DIMENSION_MONTH: UsageDimension.ValueType  # 11
+"""Calendar month (UTC)."""
+USAGE_DIMENSION_TAG: UsageDimension.ValueType  # 12
+"""The value of the tag named in QueryUsageRequest.group_by_tag ("" when the record lacks it)."""
 Global___UsageDimension: _TypeAlias = UsageDimension  # noqa: Y015
 
 class _BudgetPeriod:
@@ -127,6 +151,8 @@ class UsageFilter(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
     TAGS_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    STATUS_CODES_FIELD_NUMBER: _builtins.int
     project: _builtins.str
     """Project."""
     user: _builtins.str
@@ -135,6 +161,8 @@ class UsageFilter(_message.Message):
     """Canonical model."""
     provider: _builtins.str
     """Provider."""
+    deployment: _builtins.str
+    """Deployment."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Inclusive start."""
@@ -147,6 +175,10 @@ class UsageFilter(_message.Message):
     def tags(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Records carrying all of these tags."""
 
+    @_builtins.property
+    def status_codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Only records whose final gRPC status code is one of these (0 = OK). Empty means all."""
+
     def __init__(
         self,
         *,
@@ -157,10 +189,12 @@ class UsageFilter(_message.Message):
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
         tags: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        deployment: _builtins.str = ...,
+        status_codes: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "model", b"model", "project", b"project", "provider", b"provider", "start_time", b"start_time", "tags", b"tags", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment", "end_time", b"end_time", "model", b"model", "project", b"project", "provider", b"provider", "start_time", b"start_time", "status_codes", b"status_codes", "tags", b"tags", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -220,6 +254,7 @@ class UsageRecord(_message.Message):
     CACHE_FIELD_NUMBER: _builtins.int
     SAVED_COST_MICROS_FIELD_NUMBER: _builtins.int
     STREAMED_FIELD_NUMBER: _builtins.int
+    FALLBACK_USED_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Gateway request id."""
     trace_id: _builtins.str
@@ -244,6 +279,8 @@ class UsageRecord(_message.Message):
     """Cost saved by a cache hit, in micro-US-dollars."""
     streamed: _builtins.bool
     """Streamed call."""
+    fallback_used: _builtins.bool
+    """The call moved to another deployment or model after a failure."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp:
         """When the call started."""
@@ -289,10 +326,11 @@ class UsageRecord(_message.Message):
         cache: _types_pb2.CacheOutcome.ValueType = ...,
         saved_cost_micros: _builtins.int = ...,
         streamed: _builtins.bool = ...,
+        fallback_used: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["attribution", b"attribution", "latency", b"latency", "time", b"time", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attribution", b"attribution", "cache", b"cache", "deployment", b"deployment", "latency", b"latency", "price_table_version", b"price_table_version", "provider", b"provider", "request_id", b"request_id", "requested_model", b"requested_model", "resolved_model", b"resolved_model", "saved_cost_micros", b"saved_cost_micros", "status_code", b"status_code", "streamed", b"streamed", "tenant", b"tenant", "time", b"time", "time_to_first_token", b"time_to_first_token", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "attribution", b"attribution", "cache", b"cache", "deployment", b"deployment", "fallback_used", b"fallback_used", "latency", b"latency", "price_table_version", b"price_table_version", "provider", b"provider", "request_id", b"request_id", "requested_model", b"requested_model", "resolved_model", b"resolved_model", "saved_cost_micros", b"saved_cost_micros", "status_code", b"status_code", "streamed", b"streamed", "tenant", b"tenant", "time", b"time", "time_to_first_token", b"time_to_first_token", "trace_id", b"trace_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -308,10 +346,13 @@ class QueryUsageRequest(_message.Message):
     GROUP_BY_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    GROUP_BY_TAG_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     """Maximum groups returned; 0 means 1000."""
     page_token: _builtins.str
     """Token from a previous response."""
+    group_by_tag: _builtins.str
+    """The tag key USAGE_DIMENSION_TAG groups by."""
     @_builtins.property
     def filter(self) -> Global___UsageFilter:
         """Which records."""
@@ -327,14 +368,55 @@ class QueryUsageRequest(_message.Message):
         group_by: _abc.Iterable[Global___UsageDimension.ValueType] | None = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        group_by_tag: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "group_by", b"group_by", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["filter", b"filter", "group_by", b"group_by", "group_by_tag", b"group_by_tag", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryUsageRequest: _TypeAlias = QueryUsageRequest  # noqa: Y015
+
+@_typing.final
+class DurationPercentiles(_message.Message):
+    """Percentiles of a duration, over the calls that have one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    P50_FIELD_NUMBER: _builtins.int
+    P95_FIELD_NUMBER: _builtins.int
+    P99_FIELD_NUMBER: _builtins.int
+    SAMPLES_FIELD_NUMBER: _builtins.int
+    samples: _builtins.int
+    """Calls the percentiles are over."""
+    @_builtins.property
+    def p50(self) -> _duration_pb2.Duration:
+        """Median."""
+
+    @_builtins.property
+    def p95(self) -> _duration_pb2.Duration:
+        """95th percentile."""
+
+    @_builtins.property
+    def p99(self) -> _duration_pb2.Duration:
+        """99th percentile."""
+
+    def __init__(
+        self,
+        *,
+        p50: _duration_pb2.Duration | None = ...,
+        p95: _duration_pb2.Duration | None = ...,
+        p99: _duration_pb2.Duration | None = ...,
+        samples: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["p50", b"p50", "p95", b"p95", "p99", b"p99"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["p50", b"p50", "p95", b"p95", "p99", b"p99", "samples", b"samples"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DurationPercentiles: _TypeAlias = DurationPercentiles  # noqa: Y015
 
 @_typing.final
 class UsageGroup(_message.Message):
@@ -342,17 +424,58 @@ class UsageGroup(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class StatusCodesEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.int
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.int = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     KEYS_FIELD_NUMBER: _builtins.int
     CALLS_FIELD_NUMBER: _builtins.int
     FAILED_CALLS_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     SAVED_COST_MICROS_FIELD_NUMBER: _builtins.int
+    ERROR_RATE_FIELD_NUMBER: _builtins.int
+    STATUS_CODES_FIELD_NUMBER: _builtins.int
+    CACHE_HITS_FIELD_NUMBER: _builtins.int
+    CACHE_HIT_RATE_FIELD_NUMBER: _builtins.int
+    FALLBACK_CALLS_FIELD_NUMBER: _builtins.int
+    FALLBACK_RATE_FIELD_NUMBER: _builtins.int
+    LATENCY_FIELD_NUMBER: _builtins.int
+    TIME_TO_FIRST_TOKEN_FIELD_NUMBER: _builtins.int
+    ESTIMATED_CALLS_FIELD_NUMBER: _builtins.int
     calls: _builtins.int
     """Calls in the group."""
     failed_calls: _builtins.int
     """Failed calls in the group."""
     saved_cost_micros: _builtins.int
     """Cost saved by cache hits."""
+    error_rate: _builtins.float
+    """failed_calls / calls."""
+    cache_hits: _builtins.int
+    """Calls answered from the cache (hit or coalesced)."""
+    cache_hit_rate: _builtins.float
+    """cache_hits / calls."""
+    fallback_calls: _builtins.int
+    """Calls that fell back to another deployment or model."""
+    fallback_rate: _builtins.float
+    """fallback_calls / calls."""
+    estimated_calls: _builtins.int
+    """Calls whose tokens were estimated rather than reported by the provider."""
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The group's value for each group_by dimension, in the same order."""
@@ -360,6 +483,18 @@ class UsageGroup(_message.Message):
     @_builtins.property
     def usage(self) -> _types_pb2.Usage:
         """Summed tokens and cost."""
+
+    @_builtins.property
+    def status_codes(self) -> _containers.ScalarMap[_builtins.int, _builtins.int]:
+        """Calls by final gRPC status code (0 = OK)."""
+
+    @_builtins.property
+    def latency(self) -> Global___DurationPercentiles:
+        """Total latency."""
+
+    @_builtins.property
+    def time_to_first_token(self) -> Global___DurationPercentiles:
+        """Time to first token (streamed calls that received one)."""
 
     def __init__(
         self,
@@ -369,10 +504,19 @@ class UsageGroup(_message.Message):
         failed_calls: _builtins.int = ...,
         usage: _types_pb2.Usage | None = ...,
         saved_cost_micros: _builtins.int = ...,
+        error_rate: _builtins.float = ...,
+        status_codes: _abc.Mapping[_builtins.int, _builtins.int] | None = ...,
+        cache_hits: _builtins.int = ...,
+        cache_hit_rate: _builtins.float = ...,
+        fallback_calls: _builtins.int = ...,
+        fallback_rate: _builtins.float = ...,
+        latency: Global___DurationPercentiles | None = ...,
+        time_to_first_token: Global___DurationPercentiles | None = ...,
+        estimated_calls: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["latency", b"latency", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "failed_calls", b"failed_calls", "keys", b"keys", "saved_cost_micros", b"saved_cost_micros", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache_hit_rate", b"cache_hit_rate", "cache_hits", b"cache_hits", "calls", b"calls", "error_rate", b"error_rate", "estimated_calls", b"estimated_calls", "failed_calls", b"failed_calls", "fallback_calls", b"fallback_calls", "fallback_rate", b"fallback_rate", "keys", b"keys", "latency", b"latency", "saved_cost_micros", b"saved_cost_micros", "status_codes", b"status_codes", "time_to_first_token", b"time_to_first_token", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -494,6 +638,9 @@ class ForecastCostResponse(_message.Message):
     LOW_COST_MICROS_FIELD_NUMBER: _builtins.int
     HIGH_COST_MICROS_FIELD_NUMBER: _builtins.int
     HISTORY_RECORDS_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    HISTORY_DAYS_FIELD_NUMBER: _builtins.int
+    DAILY_FORECAST_MICROS_FIELD_NUMBER: _builtins.int
     forecast_cost_micros: _builtins.int
     """Expected cost over the horizon, micro-US-dollars."""
     low_cost_micros: _builtins.int
@@ -502,6 +649,14 @@ class ForecastCostResponse(_message.Message):
     """Upper bound of the 80% interval."""
     history_records: _builtins.int
     """Records the forecast was based on."""
+    method: _builtins.str
+    """How the forecast was made, in words (model, fit, interval)."""
+    history_days: _builtins.int
+    """Days of history the model was fitted on."""
+    @_builtins.property
+    def daily_forecast_micros(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Expected cost per future UTC day, first day first."""
+
     def __init__(
         self,
         *,
@@ -509,10 +664,13 @@ class ForecastCostResponse(_message.Message):
         low_cost_micros: _builtins.int = ...,
         high_cost_micros: _builtins.int = ...,
         history_records: _builtins.int = ...,
+        method: _builtins.str = ...,
+        history_days: _builtins.int = ...,
+        daily_forecast_micros: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["forecast_cost_micros", b"forecast_cost_micros", "high_cost_micros", b"high_cost_micros", "history_records", b"history_records", "low_cost_micros", b"low_cost_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["daily_forecast_micros", b"daily_forecast_micros", "forecast_cost_micros", b"forecast_cost_micros", "high_cost_micros", b"high_cost_micros", "history_days", b"history_days", "history_records", b"history_records", "low_cost_micros", b"low_cost_micros", "method", b"method"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -531,6 +689,8 @@ class Budget(_message.Message):
     ALERT_THRESHOLDS_FIELD_NUMBER: _builtins.int
     SPENT_MICROS_FIELD_NUMBER: _builtins.int
     PERIOD_START_FIELD_NUMBER: _builtins.int
+    RESERVE_FIELD_NUMBER: _builtins.int
+    PERIOD_END_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Budget id, unique; chosen by the caller."""
     limit_micros: _builtins.int
@@ -539,6 +699,10 @@ class Budget(_message.Message):
     """Reset period."""
     spent_micros: _builtins.int
     """Spend in the current period (output only)."""
+    reserve: _builtins.bool
+    """Reserve each call's estimated maximum cost at admission and settle it after, so concurrent
+    calls cannot overshoot the limit together.
+    """
     @_builtins.property
     def scope(self) -> Global___UsageFilter:
         """What it applies to: project, user, model and tags (empty fields match all)."""
@@ -551,6 +715,10 @@ class Budget(_message.Message):
     def period_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the current period (output only)."""
 
+    @_builtins.property
+    def period_end(self) -> _timestamp_pb2.Timestamp:
+        """When the current period ends and the spend resets (output only; unset for TOTAL)."""
+
     def __init__(
         self,
         *,
@@ -561,10 +729,12 @@ class Budget(_message.Message):
         alert_thresholds: _abc.Iterable[_builtins.float] | None = ...,
         spent_micros: _builtins.int = ...,
         period_start: _timestamp_pb2.Timestamp | None = ...,
+        reserve: _builtins.bool = ...,
+        period_end: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["period_start", b"period_start", "scope", b"scope"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_end", b"period_end", "period_start", b"period_start", "scope", b"scope"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_thresholds", b"alert_thresholds", "id", b"id", "limit_micros", b"limit_micros", "period", b"period", "period_start", b"period_start", "scope", b"scope", "spent_micros", b"spent_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alert_thresholds", b"alert_thresholds", "id", b"id", "limit_micros", b"limit_micros", "period", b"period", "period_end", b"period_end", "period_start", b"period_start", "reserve", b"reserve", "scope", b"scope", "spent_micros", b"spent_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

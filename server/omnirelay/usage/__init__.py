@@ -1,0 +1,1 @@
+"""Usage: records of every call, their costs, the ledgers that keep them, budgets and reports."""
