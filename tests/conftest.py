@@ -91,3 +91,19 @@ def redis_url() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    """The local PostgreSQL (127.0.0.1:5432, database ``test``); skipped if absent, failed on CI."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
+            pass
+    except OSError as exc:
+        reason = f"PostgreSQL is not reachable on 127.0.0.1:5432: {exc}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return "postgresql://postgres@127.0.0.1:5432/test"
