@@ -39,6 +39,10 @@ class PricingSettings:
     input: float
     output: float
     cached_input: float | None = None
+    # Prompt-cache writes (Anthropic's cache_creation), where priced apart from input.
+    cache_write: float | None = None
+    # Reasoning tokens, where priced apart from output.
+    reasoning: float | None = None
     source: str = ""
     as_of: str = ""
 
@@ -227,6 +231,8 @@ def pricing(s: Section) -> PricingSettings | None:
         input=p.get_float("input", 0.0, 1e6),
         output=p.get_float("output", 0.0, 1e6),
         cached_input=p.get_float("cached_input", 0.0, 1e6) if p.has("cached_input") else None,
+        cache_write=p.get_float("cache_write", 0.0, 1e6) if p.has("cache_write") else None,
+        reasoning=p.get_float("reasoning", 0.0, 1e6) if p.has("reasoning") else None,
         source=p.get_str("source", default=""),
         as_of=p.get_str("as_of", default=""),
     )

@@ -15,6 +15,7 @@ from omnirelay.domain import Deployment
 from omnirelay.providers.base import ChatProvider
 from omnirelay.resilience.breaker import AsyncBreaker, BreakerState, StateListener
 from omnirelay.resilience.retry import RetryPolicy
+from omnirelay.usage.pricing import Price
 
 
 class DeploymentStats:
@@ -44,6 +45,8 @@ class Target:
     priority: int = 0
     # Input + output price per million orders lowest_cost; an unknown price sorts last.
     unit_price: float = float("inf")
+    # What its tokens cost (None: unknown; such calls are recorded at cost 0).
+    price: Price | None = None
 
 
 def unit_price(pricing: PricingSettings | None) -> float:
@@ -87,6 +90,7 @@ class TargetPool:
             weight,
             priority,
             unit_price(pricing),
+            None if pricing is None else Price.of(pricing),
         )
 
     def breaker(self, deployment: Deployment) -> AsyncBreaker:

@@ -205,6 +205,8 @@ def pricing(p: PricingSettings | None) -> types_pb2.Pricing:
         input_per_million_micros=_per_million(p.input),
         output_per_million_micros=_per_million(p.output),
         cached_input_per_million_micros=_per_million(p.cached_input),
+        cache_write_per_million_micros=_per_million(p.cache_write),
+        reasoning_per_million_micros=_per_million(p.reasoning),
         source=p.source,
         as_of=p.as_of,
         known=True,

@@ -1135,6 +1135,8 @@ class Pricing(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     KNOWN_FIELD_NUMBER: _builtins.int
+    CACHE_WRITE_PER_MILLION_MICROS_FIELD_NUMBER: _builtins.int
+    REASONING_PER_MILLION_MICROS_FIELD_NUMBER: _builtins.int
     input_per_million_micros: _builtins.int
     """Per million input tokens."""
     output_per_million_micros: _builtins.int
@@ -1147,6 +1149,10 @@ class Pricing(_message.Message):
     """When they were read (YYYY-MM-DD)."""
     known: _builtins.bool
     """False when no price is known (prices above are then 0 and mean nothing)."""
+    cache_write_per_million_micros: _builtins.int
+    """Per million prompt-cache write tokens (Anthropic cache_creation); 0 means the input price."""
+    reasoning_per_million_micros: _builtins.int
+    """Per million reasoning tokens where priced apart from output; 0 means the output price."""
     def __init__(
         self,
         *,
@@ -1156,10 +1162,12 @@ class Pricing(_message.Message):
         source: _builtins.str = ...,
         as_of: _builtins.str = ...,
         known: _builtins.bool = ...,
+        cache_write_per_million_micros: _builtins.int = ...,
+        reasoning_per_million_micros: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "cached_input_per_million_micros", b"cached_input_per_million_micros", "input_per_million_micros", b"input_per_million_micros", "known", b"known", "output_per_million_micros", b"output_per_million_micros", "source", b"source"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "cache_write_per_million_micros", b"cache_write_per_million_micros", "cached_input_per_million_micros", b"cached_input_per_million_micros", "input_per_million_micros", b"input_per_million_micros", "known", b"known", "output_per_million_micros", b"output_per_million_micros", "reasoning_per_million_micros", b"reasoning_per_million_micros", "source", b"source"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
