@@ -15,6 +15,7 @@ from typing import Any
 
 from omnirelay.domain import TokenUsage
 
+NO_USAGE = TokenUsage()
 # Record fields that name a call's route or outcome, by the names queries and exports use.
 CACHE_OUTCOMES = ("", "hit", "miss", "coalesced", "bypass", "refresh")
 
@@ -30,7 +31,7 @@ class BilledAttempt:
     detail: str = ""
     latency_seconds: float = 0.0
     upstream_request_id: str = ""
-    usage: TokenUsage = TokenUsage()
+    usage: TokenUsage = NO_USAGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +52,7 @@ class UsageRecord:
     provider: str = ""
     deployment: str = ""
     attempts: tuple[BilledAttempt, ...] = ()
-    usage: TokenUsage = TokenUsage()
+    usage: TokenUsage = NO_USAGE
     price_table_version: str = ""
     latency_seconds: float = 0.0
     ttft_seconds: float | None = None
