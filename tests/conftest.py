@@ -37,9 +37,19 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(key)
 
 
+def with_usage_in(settings: Settings, directory: Path) -> Settings:
+    """Settings whose usage ledger and spill file live in ``directory`` (each test its own)."""
+    usage = dataclasses.replace(
+        settings.usage,
+        sqlite_path=str(directory / "usage.db"),
+        spill_path=str(directory / "usage-spill.jsonl"),
+    )
+    return dataclasses.replace(settings, usage=usage)
+
+
 @pytest.fixture
-def settings() -> Settings:
-    return load_settings("development")
+def settings(tmp_path: Path) -> Settings:
+    return with_usage_in(load_settings("development"), tmp_path)
 
 
 StartServer = Callable[[Settings], Awaitable[tuple[App, aio.Channel]]]

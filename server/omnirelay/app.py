@@ -36,8 +36,12 @@ from omnirelay.routing.targets import TargetPool
 from omnirelay.services.cache_admin import CacheService
 from omnirelay.services.completion import CompletionService
 from omnirelay.services.health import HealthService
-from omnirelay.services.pending import BenchmarkService, UsageService
+from omnirelay.services.pending import BenchmarkService
 from omnirelay.services.stream import StreamCompletionService
+from omnirelay.services.usage import UsageService
+from omnirelay.usage.layer import UsageLayer
+from omnirelay.usage.pricing import PriceTable, price_rows
+from omnirelay.usage.runtime import UsageRuntime
 from omnirelay_client.v1 import (
     benchmark_pb2,
     benchmark_pb2_grpc,
@@ -78,6 +82,9 @@ class App:
     route_health: RouteHealth
     prober: Prober | None
     cache: CacheLayer | None
+    usage: UsageRuntime
+    usage_layer: UsageLayer
+    prices: PriceTable
     in_flight: InFlight
     host: str
     port: int
@@ -88,6 +95,9 @@ class App:
         return f"{self.host}:{self.port}"
 
     async def start(self) -> None:
+        # The ledger first: a call served before it is ready would still be recorded (queued),
+        # but budgets must be loaded before the first admission.
+        await self.usage.start()
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -124,6 +134,12 @@ class App:
         self.gateway.reaper.close()
         if self.cache is not None:
             await self.cache.aclose()
+        # Every call has ended, so every record is queued: write them all, or spill them (the
+        # recorder logs which).
+        unsettled = await self.usage_layer.drain()
+        if unsettled:
+            log.warning("%d budget settlements did not finish before shutdown", unsettled)
+        await self.usage.close()
         await self.providers.aclose()
         log.info("stopped")
 
@@ -192,6 +208,11 @@ def build_app(
     if cache is not None:
         # Inside the edge: the edge maps the cache layer's errors like any other.
         cache.guard(completion, streaming)
+    prices = PriceTable(price_rows(settings.models, settings.providers))
+    usage = UsageRuntime(settings.usage, settings.budgets)
+    usage_layer = UsageLayer(usage.recorder, prices, catalog, usage.book)
+    # Outside the cache: hits and coalesced calls are recorded and admitted like any other call.
+    usage_layer.guard(completion, streaming)
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(
         edge.guard(completion, _service(completion_pb2, "CompletionService")), server
     )
@@ -205,7 +226,7 @@ def build_app(
         edge.guard(BenchmarkService(), _service(benchmark_pb2, "BenchmarkService")), server
     )
     usage_pb2_grpc.add_UsageServiceServicer_to_server(
-        edge.guard(UsageService(), _service(usage_pb2, "UsageService")), server
+        edge.guard(UsageService(usage), _service(usage_pb2, "UsageService")), server
     )
     health_servicer = HealthService()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -241,6 +262,9 @@ def build_app(
         route_health,
         prober,
         cache,
+        usage,
+        usage_layer,
+        prices,
         edge.in_flight,
         bind_host,
         bound,

@@ -1,4 +1,4 @@
-"""The ``omnirelay`` command: serve, config, chat, models, health.
+"""The ``omnirelay`` command: serve, config, chat, models, health, cache, usage, pricing.
 
 Exit codes: 0 success, 1 a failed call or check, 2 invalid configuration or usage.
 """
@@ -104,6 +104,10 @@ def _parser() -> argparse.ArgumentParser:
     cache.add_argument("--target", default="127.0.0.1:50051")
     cache.add_argument("--timeout", type=float, default=10.0)
     cache.set_defaults(func=_cache)
+
+    from omnirelay import cli_usage
+
+    cli_usage.add_commands(sub)
     return parser
 
 

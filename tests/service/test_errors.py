@@ -17,8 +17,6 @@ from omnirelay_client.v1 import (
     completion_pb2_grpc,
     stream_pb2_grpc,
     types_pb2,
-    usage_pb2,
-    usage_pb2_grpc,
 )
 from tests.helpers import error_info, field_violations, request, stream_request, user
 
@@ -150,10 +148,6 @@ async def test_request_id_comes_back_in_error_metadata(channel: aio.Channel) -> 
 
 
 async def test_pending_services_say_unimplemented_clearly(channel: aio.Channel) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await usage_pb2_grpc.UsageServiceStub(channel).QueryUsage(usage_pb2.QueryUsageRequest())
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert "QueryUsage is part of the v1 contract" in (caught.value.details() or "")
     call = benchmark_pb2_grpc.BenchmarkServiceStub(channel).RunBenchmark(benchmark_pb2.RunBenchmarkRequest())
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         async for _ in call:
@@ -184,6 +178,8 @@ async def _pending_via(address: str) -> None:
 
     async with aio.insecure_channel(address) as channel:
         try:
-            await usage_pb2_grpc.UsageServiceStub(channel).SetBudget(usage_pb2.SetBudgetRequest())
+            await benchmark_pb2_grpc.BenchmarkServiceStub(channel).EstimateCost(
+                benchmark_pb2.EstimateCostRequest()
+            )
         except grpc.RpcError as exc:
             raise from_rpc_error(exc) from None

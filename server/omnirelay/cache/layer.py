@@ -31,7 +31,7 @@ from omnirelay.cache.keys import cache_key
 from omnirelay.cache.policy import Decision, decide
 from omnirelay.cache.stores import CacheStore, MemoryStore
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings
-from omnirelay.domain import GatewayEvent
+from omnirelay.domain import GatewayEvent, TokenUsage
 from omnirelay.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -42,6 +42,7 @@ from omnirelay.gateway import Gateway
 from omnirelay.interceptors.edge import REQUEST_ID_HEADER, current_request_id
 from omnirelay.services import convert, render
 from omnirelay.services.context import CACHE_OUTCOME_NAMES
+from omnirelay.usage import tally as tallies
 from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
 
 log = logging.getLogger("omnirelay.cache")
@@ -159,6 +160,7 @@ class CacheLayer:
                 raise _not_cached(model)
             self.counters.bypassed += 1
             render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
+            tallies.current().cache = "bypass"
             return None
         bad = convert.option_violations(request)
         if bad:
@@ -172,6 +174,7 @@ class CacheLayer:
                 self.counters.hits += 1
             elif decision.only_cached:
                 self.counters.misses += 1
+                tallies.current().cache = "miss"
                 raise _not_cached(model)
         return _Begun(decision, key, current_request_id(), started, answer)
 
@@ -190,6 +193,7 @@ class CacheLayer:
         decision, key, rid = begun.decision, begun.key, begun.rid
         if begun.answer is not None:
             out = _hit_response(begun.answer, request.model, rid, begun.started)
+            _tally_answer("hit", out.route, out.usage)
             context.set_trailing_metadata(_metadata(out.route))
             return out
         if decision.lookup:
@@ -216,10 +220,22 @@ class CacheLayer:
 
         Unshared, it is a flight nobody else joins, so both cases run the same code: the caller
         leaving cancels it (it was the last follower), and the answer is stored by the flight.
+        The flight holds the leader's usage tally open, so the upstream cost it runs up lands on
+        the leader's record even when the leader left first.
         """
+        tally = tallies.current()
+        tally.cache = "refresh" if decision.outcome == types_pb2.CACHE_OUTCOME_REFRESH else "miss"
+        tally.hold()
+
+        async def held(flight: Flight[_T]) -> None:
+            try:
+                await lead(flight)
+            finally:
+                tally.release()
+
         if self.settings.coalesce and decision.lookup:
-            return shared.start(key, lead)
-        return Flights[_T]().start(key, lead)
+            return shared.start(key, held)
+        return Flights[_T]().start(key, held)
 
     async def _follow_unary(
         self, flight: Flight[completion_pb2.CompleteResponse], outcome: int, rid: str, context: Context
@@ -231,6 +247,7 @@ class CacheLayer:
         out.route.request_id = rid
         if outcome == types_pb2.CACHE_OUTCOME_COALESCED:
             out.usage.cost_micros = 0  # the leader's call paid for it
+            _tally_answer("coalesced", out.route, out.usage)
         context.set_trailing_metadata(_metadata(out.route))
         return out
 
@@ -338,6 +355,7 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
     done = stream_pb2.StreamCompleteResponse()
     _hit_route(done.done.route, answer, requested, rid, started)
     context.set_trailing_metadata(_metadata(done.done.route))
+    _tally_answer("hit", done.done.route, answer.response.usage)
     await write(started_event)
     for event in answer.events:
         await write(event)
@@ -348,13 +366,38 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
 async def _follow_stream(
     flight: Flight[stream_pb2.StreamCompleteResponse], outcome: int, rid: str, context: Context
 ) -> None:
+    usage = types_pb2.Usage()
     async with contextlib.aclosing(flight.follow()) as events:
         async for event in events:
-            await _write_followed(event, outcome, rid, context)
+            if event.HasField("usage"):
+                usage = event.usage
+            await _write_followed(event, outcome, rid, context, usage)
+
+
+def _tally_answer(outcome: str, route: types_pb2.RouteFacts, usage: types_pb2.Usage) -> None:
+    """The call was answered without an upstream call of its own: its record says by whom."""
+    tallies.current().answered_from_cache(
+        outcome,
+        route.resolved_model,
+        route.provider,
+        route.deployment,
+        TokenUsage(
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cached_input_tokens,
+            usage.reasoning_tokens,
+            usage.estimated,
+            usage.cache_write_input_tokens,
+        ),
+    )
 
 
 async def _write_followed(
-    event: stream_pb2.StreamCompleteResponse, outcome: int, rid: str, context: Context
+    event: stream_pb2.StreamCompleteResponse,
+    outcome: int,
+    rid: str,
+    context: Context,
+    usage: types_pb2.Usage,
 ) -> None:
     if outcome == types_pb2.CACHE_OUTCOME_COALESCED and event.HasField("usage") and event.usage.cost_micros:
         free = stream_pb2.StreamCompleteResponse()
@@ -370,5 +413,7 @@ async def _write_followed(
     own.CopyFrom(event)
     own.done.route.cache = outcome  # type: ignore[assignment]
     own.done.route.request_id = rid
+    if outcome == types_pb2.CACHE_OUTCOME_COALESCED:
+        _tally_answer("coalesced", own.done.route, usage)
     context.set_trailing_metadata(_metadata(own.done.route))
     await context.write(own)

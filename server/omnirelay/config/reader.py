@@ -112,6 +112,17 @@ class Section:
             self.problem(key, value, f"unknown {', '.join(bad)}; expected any of {', '.join(choices)}")
         return tuple(v for v in value if v not in bad)
 
+    def get_float_list(
+        self, key: str, lo: float, hi: float, default: tuple[float, ...] = ()
+    ) -> tuple[float, ...]:
+        value = self._get(key, list(default))
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and lo <= v <= hi for v in value
+        ):
+            self.problem(key, value, f"expected a list of numbers in [{lo:g}, {hi:g}]")
+            return default
+        return tuple(float(v) for v in value)
+
     def get_str_map(self, key: str) -> tuple[tuple[str, str], ...]:
         self.seen.add(key)
         value = self.raw.get(key, {})

@@ -27,6 +27,7 @@ from omnirelay.config.routing import (
     retry_settings,
     routing_settings,
 )
+from omnirelay.config.usage import BudgetSettings, UsageSettings, budget_settings, usage_settings
 from omnirelay.domain import Sampling
 
 __all__ = ["MISSING", "ConfigError", "ConfigProblem"]
@@ -50,7 +51,7 @@ OPENAI_FLAVORS = (
     "xai",
 )
 # Keys whose values are secrets (matched at the end of the name: `max_output_tokens` is not one).
-SECRET_KEYS = ("api_key", "token", "secret", "password", "redis_url")
+SECRET_KEYS = ("api_key", "token", "secret", "password", "redis_url", "dsn")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,8 @@ class Settings:
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     resilience: ResilienceSettings = field(default_factory=ResilienceSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
+    usage: UsageSettings = field(default_factory=UsageSettings)
+    budgets: BudgetSettings = field(default_factory=BudgetSettings)
 
 
 def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
@@ -158,6 +161,8 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
     routing = routing_settings(top.section("routing"))
     resilience = resilience_settings(top.section("resilience"))
     cache = cache_settings(top.section("cache"))
+    usage = usage_settings(top.section("usage"))
+    budgets = budget_settings(top.section("budgets"))
     providers = {name: _provider(name, s, resilience) for name, s in top.tables("providers").items()}
     presets = {name: _sampling(s) for name, s in top.tables("presets").items()}
     tables = _model_tables(top, routing.shipped_models)
@@ -175,7 +180,18 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
     if problems:
         raise ConfigError(problems)
     return Settings(
-        profile, default_model, server, logging, providers, models, presets, routing, resilience, cache
+        profile,
+        default_model,
+        server,
+        logging,
+        providers,
+        models,
+        presets,
+        routing,
+        resilience,
+        cache,
+        usage,
+        budgets,
     )
 
 

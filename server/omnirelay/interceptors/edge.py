@@ -25,7 +25,9 @@ from omnirelay.errors import OmniRelayError
 
 log = logging.getLogger("omnirelay.edge")
 _request_id: ContextVar[str] = ContextVar("omnirelay_request_id", default="")
+_trace_id: ContextVar[str] = ContextVar("omnirelay_trace_id", default="")
 REQUEST_ID_HEADER = "x-request-id"
+TRACEPARENT_HEADER = "traceparent"
 # A caller's id is echoed into logs and metadata, so it is bounded and plain.
 _MAX_ID = 128
 # Generated ids: a random per-process prefix and a counter (32 hex digits, unique across
@@ -39,18 +41,32 @@ def current_request_id() -> str:
     return _request_id.get()
 
 
+def current_trace_id() -> str:
+    """The caller's W3C trace id (32 hex digits) from ``traceparent``, or ""."""
+    return _trace_id.get()
+
+
+def new_id() -> str:
+    """A new id, unique across replicas and restarts (request ids, usage record ids)."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
 def _bind(context: aio.ServicerContext[Any, Any]) -> str:
     rid = ""
     for key, value in context.invocation_metadata() or ():
-        if (
-            key == REQUEST_ID_HEADER
-            and isinstance(value, str)
-            and 0 < len(value) <= _MAX_ID
-            and value.isprintable()
-        ):
-            rid = value
-            break
-    rid = rid or f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+        if key == REQUEST_ID_HEADER:
+            if isinstance(value, str) and 0 < len(value) <= _MAX_ID and value.isprintable():
+                rid = value
+        elif key == TRACEPARENT_HEADER and isinstance(value, str):
+            # version-traceid-spanid-flags; an all-zero or malformed trace id is ignored (W3C).
+            parts = value.split("-")
+            if len(parts) >= 4 and len(parts[1]) == 32 and parts[1] != "0" * 32:
+                try:
+                    int(parts[1], 16)
+                except ValueError:
+                    continue
+                _trace_id.set(parts[1].lower())
+    rid = rid or new_id()
     _request_id.set(rid)
     return rid
 

@@ -41,6 +41,7 @@ from omnirelay.domain import (
     StreamDone,
     TextDelta,
     TextPart,
+    TokenUsage,
     UsageChunk,
 )
 from omnirelay.errors import OmniRelayError, StreamInterruptedError, UpstreamError, UpstreamTimeoutError
@@ -53,6 +54,9 @@ from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.routing.planner import Candidate, Plan
 from omnirelay.routing.strategies import Strategy
 from omnirelay.routing.trail import Trail
+from omnirelay.usage import tally as tallies
+from omnirelay.usage.pricing import with_cost
+from omnirelay.usage.tally import Meter, Tally
 
 _T = TypeVar("_T")
 _NEXT = -1.0  # a failure's verdict: try the next candidate (a delay >= 0 means: retry this one)
@@ -101,25 +105,31 @@ class Router:
         plan = Plan(self.catalog, self._strategies, request, stream=False)
         self._budget.request()
         trail = Trail()
+        tally = tallies.current()
+        tally.trail_records = trail.records
         try:
             if deadline is not None or plan.primary.deadline_seconds is None:
                 # gRPC itself cancels the call at the caller's deadline (closing the upstream
                 # request); the deadline here only keeps retries from sleeping past it.
-                return await self._complete(plan, trail, started, deadline)
-            return await self._complete_by_default_deadline(plan, trail, started)
+                return await self._complete(plan, trail, tally, started, deadline)
+            return await self._complete_by_default_deadline(plan, trail, tally, started)
         except _StopError as stop:
             raise trail.final(stop.error) from None
 
-    async def _complete_by_default_deadline(self, plan: Plan, trail: Trail, started: float) -> Completion:
+    async def _complete_by_default_deadline(
+        self, plan: Plan, trail: Trail, tally: Tally, started: float
+    ) -> Completion:
         assert plan.primary.deadline_seconds is not None
         own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
         try:
             async with self._reaper.bound(own):
-                return await self._complete(plan, trail, started, own)
+                return await self._complete(plan, trail, tally, started, own)
         except TimeoutError:
             raise trail.deadline(plan) from None
 
-    async def _complete(self, plan: Plan, trail: Trail, started: float, deadline: float | None) -> Completion:
+    async def _complete(
+        self, plan: Plan, trail: Trail, tally: Tally, started: float, deadline: float | None
+    ) -> Completion:
         for cand in plan.candidates():
             target = cand.target
             tries = 0
@@ -144,6 +154,12 @@ class Router:
                         break
                     await asyncio.sleep(delay)
                     continue
+                except asyncio.CancelledError:
+                    # The prompt was sent and may have been processed: bill it, estimated.
+                    tally.cut_short(
+                        cand.entry.name, target.deployment, attempt_started, _prompt_estimate(cand)
+                    )
+                    raise
                 finally:
                     stats.in_flight -= 1
                 target.breaker.succeeded()
@@ -152,6 +168,9 @@ class Router:
                 route = trail.route(
                     plan, cand, started, attempt_started, now - started, result.upstream_request_id
                 )
+                usage = tally.served(route, with_cost(result.usage, target.price))
+                if usage is not result.usage:
+                    result = replace(result, usage=usage)
                 return Completion(result, route)
         raise _StopError(trail.exhausted(plan))
 
@@ -169,6 +188,8 @@ class Router:
         plan = Plan(self.catalog, self._strategies, request, stream=True)
         self._budget.request()
         trail = Trail()
+        tally = tallies.current()
+        tally.trail_records = trail.records
         # Only continue mode remembers the delivered text; error mode never needs it.
         delivered = _Delivered() if self._recover else None
         announced: RouteInfo | None = None  # the route the caller was last told about
@@ -196,7 +217,10 @@ class Router:
                     stats = target.stats
                     stats.in_flight += 1
                     chunks = target.provider.stream(call)
+                    meter = Meter(call.request.messages, target.price, tally)
+                    see = meter.see
                     sent = 0
+                    ended = False  # the attempt finished or failed (else the caller left during it)
                     try:
                         first = await _first(chunks, cand)
                         now = time.perf_counter()
@@ -204,17 +228,24 @@ class Router:
                         ttft = now - started
                         if first is not None:
                             sent = 1
-                            yield first if delivered is None else delivered.add(first)
+                            if tally.ttft is None:
+                                tally.ttft = ttft
+                            yield see(first) if delivered is None else delivered.add(see(first))
                         if delivered is None:
                             async for chunk in chunks:
                                 sent += 1
-                                yield chunk
+                                yield see(chunk)
                         else:
                             async for chunk in chunks:
                                 sent += 1
-                                yield delivered.add(chunk)
+                                yield delivered.add(see(chunk))
+                        ended = True
                     except UpstreamError as exc:
+                        ended = True
                         trail.failed(cand, exc, attempt_started)
+                        if sent:
+                            # Output reached the caller: the provider billed it, so does the ledger.
+                            tally.bill_failed(len(trail.records) - 1, meter.estimate())
                         if sent and (delivered is None or not delivered.continuable()):
                             if counts_against_breaker(exc):
                                 target.breaker.failed(exc)
@@ -229,11 +260,21 @@ class Router:
                         continue
                     finally:
                         stats.in_flight -= 1
+                        if not ended:
+                            tally.cut_short(
+                                cand.entry.name, target.deployment, attempt_started, meter.estimate()
+                            )
                         # Close the upstream now rather than at garbage collection, so a caller
                         # who left stops generation (and billing) at once.
                         await chunks.aclose()
                     target.breaker.succeeded()
-                    yield StreamDone(trail.route(plan, cand, started, attempt_started, ttft))
+                    done = trail.route(plan, cand, started, attempt_started, ttft)
+                    if meter.reported is None:
+                        # The provider never said what the stream used: the caller still gets a
+                        # usage event, an estimate from what was delivered, and says so.
+                        yield UsageChunk(tally.combined(meter.estimate()))
+                    tally.served(done, meter.reported or meter.estimate())
+                    yield StreamDone(done)
                     return
             raise _StopError(trail.exhausted(plan))
         except _StopError as stop:
@@ -253,6 +294,11 @@ class Router:
         """Event-loop time the model's default deadline ends at, for a call that set none."""
         seconds = self.catalog.resolve(model).deadline_seconds
         return None if seconds is None else asyncio.get_running_loop().time() + seconds
+
+
+def _prompt_estimate(cand: Candidate) -> TokenUsage:
+    usage = TokenUsage(input_tokens=tokenizer.count_messages(cand.call.request.messages), estimated=True)
+    return with_cost(usage, cand.target.price)
 
 
 def _admitted(cand: Candidate, trail: Trail) -> bool:
@@ -322,14 +368,8 @@ class _Delivered:
             else:
                 self.other = True
         elif isinstance(chunk, UsageChunk):
-            if not self.prefix_tokens:
-                return chunk
-            # The continuation counted the delivered text as input; the caller also received it
-            # as output, from the abandoned attempt, whose own usage never arrived: estimate it.
-            usage = chunk.usage
-            return UsageChunk(
-                replace(usage, output_tokens=usage.output_tokens + self.prefix_tokens, estimated=True)
-            )
+            # The abandoned attempts' estimated bills were added to it already (the tally).
+            return chunk
         else:
             # Tool calls cannot be continued as text, and a finished choice has nothing to continue.
             self.other = True

@@ -1,0 +1,183 @@
+"""Usage as a layer around Complete and StreamComplete: budget admission, then exactly one record.
+
+``UsageLayer.guard`` wraps the two completion handlers once at registration
+(outside the cache, inside the edge), so every call is seen whatever serves it:
+upstream, the cache, a coalesced flight, or nobody (a refusal, a failure, a
+cancel). Per call: a ``Tally`` is opened and made current; matching budgets
+admit the call (RESOURCE_EXHAUSTED when spent); the handler runs; the final
+status is noted; and when the call and any flight it leads are over, the tally
+becomes a ``UsageRecord`` handed to the recorder (a deque append, no I/O) and
+the call's cost is settled against its budgets.
+
+With no budgets defined the only per-call work is the tally and the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Protocol, cast
+
+import grpc
+from grpc import aio
+
+from omnirelay.errors import FieldViolation, OmniRelayError
+from omnirelay.interceptors.edge import current_request_id, current_trace_id, new_id
+from omnirelay.providers import tokenizer
+from omnirelay.routing.catalog import ModelCatalog
+from omnirelay.services import convert
+from omnirelay.usage.budgets import Admission, BudgetBook
+from omnirelay.usage.pricing import PriceTable
+from omnirelay.usage.records import UsageRecord
+from omnirelay.usage.tally import Tally, make_current
+from omnirelay_client.v1 import completion_pb2, stream_pb2
+
+log = logging.getLogger("omnirelay.usage")
+Context = aio.ServicerContext[Any, Any]
+_CANCELLED = grpc.StatusCode.CANCELLED.value[0]
+_DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+_INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+# Reserve mode, for a request that sets no max_tokens and a model that states no limit.
+_DEFAULT_MAX_OUTPUT = 4096
+
+
+class RecordSink(Protocol):
+    def submit(self, record: UsageRecord) -> None: ...
+
+
+class UsageLayer:
+    def __init__(
+        self, sink: RecordSink, prices: PriceTable, catalog: ModelCatalog, budgets: BudgetBook | None
+    ) -> None:
+        self._sink = sink
+        self._prices = prices
+        self._catalog = catalog
+        self.budgets = budgets
+        self._settling: set[asyncio.Task[None]] = set()
+        self.records = 0  # records handed to the sink by this layer
+
+    # --- wiring ---------------------------------------------------------------------------
+
+    def guard(self, completion: Any, stream: Any) -> None:
+        """Wrap ``completion.Complete`` and ``stream.StreamComplete`` (instance attributes win)."""
+        inner_complete = completion.Complete
+        inner_stream = stream.StreamComplete
+
+        async def complete(request: completion_pb2.CompleteRequest, context: Context) -> Any:
+            tally = self._open(request, streamed=False)
+            try:
+                if self.budgets is not None:
+                    await self._admit(tally, request)
+                return await inner_complete(request, context)
+            except BaseException as exc:
+                tally.status_code = _status(exc, context)
+                raise
+            finally:
+                tally.release()
+
+        async def stream_complete(request: stream_pb2.StreamCompleteRequest, context: Context) -> None:
+            body = request.request
+            tally = self._open(body, streamed=True)
+            try:
+                if self.budgets is not None:
+                    await self._admit(tally, body)
+                await inner_stream(request, context)
+            except BaseException as exc:
+                tally.status_code = _status(exc, context)
+                raise
+            finally:
+                tally.release()
+
+        completion.Complete = complete
+        stream.StreamComplete = stream_complete
+
+    def _open(self, request: completion_pb2.CompleteRequest, *, streamed: bool) -> Tally:
+        attribution = request.attribution
+        tags = attribution.tags
+        tally = Tally(
+            self._finish,
+            new_id(),
+            current_request_id(),
+            request.model,
+            streamed=streamed,
+            project=attribution.project,
+            user=attribution.user,
+            tags=tuple(sorted(tags.items())) if tags else (),
+            trace_id=current_trace_id(),
+        )
+        make_current(tally)
+        return tally
+
+    # --- budgets --------------------------------------------------------------------------
+
+    async def _admit(self, tally: Tally, request: completion_pb2.CompleteRequest) -> None:
+        budgets = self.budgets
+        assert budgets is not None
+        try:
+            model = self._catalog.resolve(request.model).name
+        except OmniRelayError:
+            model = request.model  # the handler reports the bad name; budgets by model cannot match
+        matching = budgets.matching(tally.project, tally.user, model, tally.tags)
+        if not matching:
+            return
+        reserve = self._max_cost(request) if any(b.reserve for b in matching) else 0
+        tally.admission = await budgets.admit(matching, reserve)
+
+    def _max_cost(self, request: completion_pb2.CompleteRequest) -> int:
+        """The most the call can cost at the dearest deployment of its model (0 when unpriced)."""
+        try:
+            entry = self._catalog.resolve(request.model)
+        except OmniRelayError:
+            return 0
+        prices = [t.price for t in entry.targets if t.price is not None]
+        if not prices:
+            return 0
+        bad: list[FieldViolation] = []
+        prompt = tokenizer.count_messages(convert.messages_from(request.messages, bad, required=False))
+        limit = entry.settings.max_output_tokens if entry.settings is not None else _DEFAULT_MAX_OUTPUT
+        sampling = request.sampling
+        wanted = sampling.max_tokens if sampling.HasField("max_tokens") else limit
+        output = min(wanted, limit) if limit else wanted
+        return max(p.max_cost_micros(prompt, output) for p in prices)
+
+    # --- the end --------------------------------------------------------------------------
+
+    def _finish(self, tally: Tally) -> None:
+        saved_price = self._prices.price(tally.model, tally.deployment) if tally.cache_answered else None
+        record = tally.record(self._prices.version, time.perf_counter(), saved_price)
+        self._sink.submit(record)
+        self.records += 1
+        admission = tally.admission
+        if admission is not None:
+            task = asyncio.get_running_loop().create_task(self._settle(cast(Admission, admission), record))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, admission: Admission, record: UsageRecord) -> None:
+        assert self.budgets is not None
+        try:
+            await self.budgets.settle(admission, record.usage.cost_micros)
+        except Exception as exc:  # the record is kept either way; the counter catches up at restart
+            log.warning("budget settlement for record %s failed: %s", record.record_id, type(exc).__name__)
+
+    async def drain(self, within_seconds: float = 5.0) -> int:
+        """Wait (bounded) for budget settlements in progress; returns how many did not finish."""
+        pending = set(self._settling)
+        if not pending:
+            return 0
+        _, late = await asyncio.wait(pending, timeout=within_seconds)
+        return len(late)
+
+
+def _status(exc: BaseException, context: Context) -> int:
+    if isinstance(exc, OmniRelayError):
+        code: int = exc.code.value[0]
+        return code
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return _DEADLINE if remaining is not None and remaining <= 0 else _CANCELLED
+    if isinstance(exc, aio.AbortError):
+        found = context.code()
+        return found.value[0] if isinstance(found, grpc.StatusCode) else _INTERNAL
+    return _INTERNAL
