@@ -211,8 +211,9 @@ def build_app(
     prices = PriceTable(price_rows(settings.models, settings.providers))
     usage = UsageRuntime(settings.usage, settings.budgets)
     usage_layer = UsageLayer(usage.recorder, prices, catalog, usage.book)
-    # Outside the cache: hits and coalesced calls are recorded and admitted like any other call.
-    usage_layer.guard(completion, streaming)
+    if settings.usage.enabled:
+        # Outside the cache: hits and coalesced calls are recorded and admitted like any other call.
+        usage_layer.guard(completion, streaming)
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(
         edge.guard(completion, _service(completion_pb2, "CompletionService")), server
     )

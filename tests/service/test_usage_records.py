@@ -335,3 +335,30 @@ async def test_records_survive_graceful_shutdown(start_server: StartServer, sett
         assert await ledger.count(UsageQuery()) == 7
     finally:
         await ledger.close()
+
+
+async def test_a_leader_that_leaves_still_pays_for_the_flight_its_followers_use(
+    start_server: StartServer, settings: Settings
+) -> None:
+    app, channel = await start_server(priced_local(settings, ttft_ms=300.0))
+    stub = completion_pb2_grpc.CompletionServiceStub(channel)
+    leader = stub.Complete(request(PROMPT, temperature=0.0))
+    await asyncio.sleep(0.1)
+    follower = asyncio.ensure_future(stub.Complete(request(PROMPT, temperature=0.0)))
+    await asyncio.sleep(0.05)
+    leader.cancel()
+    answer = await follower
+    assert answer.route.cache == types_pb2.CACHE_OUTCOME_COALESCED
+    for _ in range(50):
+        records = await records_of(app)
+        if len(records) == 2:
+            break
+        await asyncio.sleep(0.02)
+    by_cache = {r.cache: r for r in records}
+    assert set(by_cache) == {"miss", "coalesced"}
+    left = by_cache["miss"]
+    assert left.status_code == grpc.StatusCode.CANCELLED.value[0]
+    # The upstream call finished for the follower after the leader left; its cost is on the leader.
+    assert [a.outcome for a in left.attempts] == ["success"]
+    assert left.usage.cost_micros == expected_cost(answer.usage.input_tokens, answer.usage.output_tokens) > 0
+    assert by_cache["coalesced"].usage.cost_micros == 0

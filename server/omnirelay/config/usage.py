@@ -15,6 +15,8 @@ PERIODS = ("day", "week", "month", "total")
 
 @dataclass(frozen=True, slots=True)
 class UsageSettings:
+    # Off: no records and no budgets at all (for benchmarks, or where accounting happens elsewhere).
+    enabled: bool = True
     ledger: str = "sqlite"
     # The embedded ledger's file (WAL mode; created with its directory).
     sqlite_path: str = "var/usage.db"
@@ -51,6 +53,7 @@ class BudgetSettings:
 def usage_settings(s: Section) -> UsageSettings:
     d = UsageSettings()
     result = UsageSettings(
+        enabled=s.get_bool("enabled", default=d.enabled),
         ledger=s.get_str("ledger", LEDGERS, default=d.ledger),
         sqlite_path=s.get_str("sqlite_path", default=d.sqlite_path),
         postgres_dsn=s.get_str("postgres_dsn", default=d.postgres_dsn),

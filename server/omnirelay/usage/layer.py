@@ -48,7 +48,7 @@ class RecordSink(Protocol):
 
 class UsageLayer:
     def __init__(
-        self, sink: RecordSink, prices: PriceTable, catalog: ModelCatalog, budgets: BudgetBook | None
+        self, sink: RecordSink, prices: PriceTable, catalog: ModelCatalog, budgets: BudgetBook
     ) -> None:
         self._sink = sink
         self._prices = prices
@@ -63,11 +63,13 @@ class UsageLayer:
         """Wrap ``completion.Complete`` and ``stream.StreamComplete`` (instance attributes win)."""
         inner_complete = completion.Complete
         inner_stream = stream.StreamComplete
+        budgets = self.budgets
 
         async def complete(request: completion_pb2.CompleteRequest, context: Context) -> Any:
             tally = self._open(request, streamed=False)
             try:
-                if self.budgets is not None:
+                # No budget defined (the common case): no admission step at all.
+                if budgets.specs():
                     await self._admit(tally, request)
                 return await inner_complete(request, context)
             except BaseException as exc:
@@ -80,7 +82,7 @@ class UsageLayer:
             body = request.request
             tally = self._open(body, streamed=True)
             try:
-                if self.budgets is not None:
+                if budgets.specs():
                     await self._admit(tally, body)
                 await inner_stream(request, context)
             except BaseException as exc:
@@ -113,7 +115,6 @@ class UsageLayer:
 
     async def _admit(self, tally: Tally, request: completion_pb2.CompleteRequest) -> None:
         budgets = self.budgets
-        assert budgets is not None
         try:
             model = self._catalog.resolve(request.model).name
         except OmniRelayError:
@@ -155,7 +156,6 @@ class UsageLayer:
             task.add_done_callback(self._settling.discard)
 
     async def _settle(self, admission: Admission, record: UsageRecord) -> None:
-        assert self.budgets is not None
         try:
             await self.budgets.settle(admission, record.usage.cost_micros)
         except Exception as exc:  # the record is kept either way; the counter catches up at restart

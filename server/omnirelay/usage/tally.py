@@ -29,15 +29,20 @@ from omnirelay.domain import (
 )
 from omnirelay.providers import tokenizer
 from omnirelay.usage.pricing import Price, with_cost
-from omnirelay.usage.records import BilledAttempt, UsageRecord
+from omnirelay.usage.records import NO_USAGE, BilledAttempt, UsageRecord
 
-_NO_USAGE = TokenUsage()
+_NO_USAGE = NO_USAGE
 # Delivered text is folded into a token count every this many pieces: the count stays close to
 # what one pass over the whole text gives, and a long stream holds only a few strings.
 _FOLD = 64
 
 
 def add(a: TokenUsage, b: TokenUsage) -> TokenUsage:
+    # The common case, one billed attempt, allocates nothing.
+    if a is _NO_USAGE:
+        return b
+    if b is _NO_USAGE:
+        return a
     return TokenUsage(
         a.input_tokens + b.input_tokens,
         a.output_tokens + b.output_tokens,
@@ -189,7 +194,7 @@ class Tally:
         total = _NO_USAGE
         for i, r in enumerate(self.trail_records):
             billed = self._billed.get(i, _NO_USAGE)
-            total = add(total, billed) if billed is not _NO_USAGE else total
+            total = add(total, billed)
             attempts.append(_billed_attempt(r, billed))
         if self.deployment and not self.cache_answered:
             attempts.append(
