@@ -18,6 +18,9 @@ COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 USER omnirelay
 WORKDIR /app
+# The embedded usage ledger and its spill file (var/usage.db, var/usage-spill.jsonl) must outlive the container.
+RUN mkdir -p /app/var
+VOLUME ["/app/var"]
 EXPOSE 50051
 # The standard grpc.health.v1 service answers this probe (exit 0 only when SERVING).
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \
