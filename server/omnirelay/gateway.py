@@ -8,6 +8,7 @@ first deployment. Services never call providers directly.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Sequence
+from dataclasses import replace
 
 from omnirelay.domain import Completion, CompletionRequest, EmbeddingResult, GatewayEvent, Message
 from omnirelay.errors import DeadlineExceededError, UnimplementedError
@@ -17,6 +18,7 @@ from omnirelay.providers.registry import ProviderRegistry
 from omnirelay.resilience.deadlines import DeadlineReaper
 from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.routing.router import Router
+from omnirelay.usage.pricing import with_cost
 
 
 class Gateway:
@@ -63,10 +65,13 @@ class Gateway:
 
     async def embed(self, model: str, inputs: Sequence[str], dimensions: int) -> tuple[str, EmbeddingResult]:
         entry = self.catalog.resolve(model)
-        provider = entry.targets[0].provider
+        target = entry.targets[0]
+        provider = target.provider
         if not isinstance(provider, EmbeddingProvider):
             raise UnimplementedError(f"provider {provider.name!r} does not serve embeddings")
-        return entry.name, await provider.embed(entry.deployment, inputs, dimensions)
+        result = await provider.embed(entry.deployment, inputs, dimensions)
+        priced = with_cost(result.usage, target.price)
+        return entry.name, result if priced is result.usage else replace(result, usage=priced)
 
     async def count_tokens(self, model: str, messages: Sequence[Message]) -> tuple[str, int, bool]:
         """(canonical model, input tokens, estimated?)."""

@@ -115,7 +115,9 @@ def test_messages_response_cache_usage_counts_cache_reads_and_writes_as_input() 
     assert choice.text.endswith("Would you like help with anything else regarding this refund?")
     assert choice.finish_reason is FinishReason.STOP
     # input_tokens 6 + cache_read 1069 + cache_creation 85.
-    assert result.usage == TokenUsage(input_tokens=1160, output_tokens=110, cached_input_tokens=1069)
+    assert result.usage == TokenUsage(
+        input_tokens=1160, output_tokens=110, cached_input_tokens=1069, cache_write_input_tokens=85
+    )
 
 
 def test_messages_response_stop_sequence() -> None:

@@ -190,9 +190,8 @@ def test_generate_stream_without_final_stats(size: int | None) -> None:
     result, chunks = replay(fixture_bytes("ollama/generate_stream.ndjson"), size)
     assert result.choices[0].text == "That's a fantastic question!"
     assert result.choices[0].finish_reason is FinishReason.STOP
-    assert result.usage.input_tokens == 0
-    assert result.usage.output_tokens == 0
-    assert isinstance(chunks[-1], UsageChunk)
+    # No counts on the wire: no usage report, so the gateway estimates instead of billing zero.
+    assert not any(isinstance(c, UsageChunk) for c in chunks)
 
 
 @pytest.mark.parametrize("size", SPLITS)

@@ -400,9 +400,10 @@ def _finish(stop_reason: Any) -> FinishReason:
 class _Usage:
     """Anthropic's counters as last reported; ``message_delta`` repeats them cumulatively."""
 
-    __slots__ = ("cache_creation", "cache_read", "input", "output")
+    __slots__ = ("cache_creation", "cache_read", "input", "output", "reported")
 
     def __init__(self) -> None:
+        self.reported = False  # any count at all; without one the gateway estimates
         self.input = 0
         self.cache_read = 0
         self.cache_creation = 0
@@ -410,6 +411,8 @@ class _Usage:
 
     def update(self, usage: Mapping[str, Any]) -> None:
         # Latest value wins; a key that is absent or null keeps what an earlier event said.
+        if usage:
+            self.reported = True
         value = usage.get("input_tokens")
         if value is not None:
             self.input = int(value)
@@ -490,6 +493,8 @@ class AnthropicStreamParser:
             self._usage.update(data.get("usage") or {})
         elif kind == "message_stop":
             self._done = True
+            if not self._usage.reported:
+                return [FinishChunk(0, self._finish)]
             return [FinishChunk(0, self._finish), UsageChunk(self._usage.result())]
         elif kind == "error":
             raise self._stream_error(data.get("error") or {})

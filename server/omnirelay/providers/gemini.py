@@ -621,7 +621,8 @@ class GeminiStreamParser:
             raise StreamBrokenError(
                 f"{self._provider}: the stream ended before the answer was finished", provider=self._provider
             )
-        return [UsageChunk(parse_usage(self._usage))]
+        # No usageMetadata in any chunk: no report, so the gateway estimates.
+        return [UsageChunk(parse_usage(self._usage))] if self._usage else []
 
 
 def parse_stream_array(body: bytes, provider: str = PROVIDER) -> list[StreamChunk]:

@@ -335,7 +335,9 @@ class OllamaStreamParser:
         if event.get("done") is True:
             self._done = True
             out.append(FinishChunk(0, _finish(event.get("done_reason"), self._tool_calls > 0)))
-            out.append(UsageChunk(_usage(event)))
+            # No counts at all (some /api/generate streams): no report, so the gateway estimates.
+            if "prompt_eval_count" in event or "eval_count" in event:
+                out.append(UsageChunk(_usage(event)))
         return out
 
     def end(self) -> list[StreamChunk]:
