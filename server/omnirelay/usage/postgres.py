@@ -32,6 +32,7 @@ from omnirelay.usage.schema import (
     budget_to_json,
     pending,
     query_filter,
+    record_from_row,
     record_row,
     scope_filter,
 )
@@ -131,14 +132,14 @@ class PostgresLedger:
 
     async def records(self, query: UsageQuery) -> AsyncIterator[UsageRecord]:
         where, args = _where(query_filter(query))
-        sql = f"SELECT body FROM usage_records{where} {_ORDER_RECORDS}"
+        sql = f"SELECT {', '.join(RECORD_COLUMNS)} FROM usage_records{where} {_ORDER_RECORDS}"
         pool = await self._get_pool()
         try:
             # A server-side cursor needs a transaction; rows arrive a chunk at a time. Not retried:
             # part of the stream has been consumed already.
             async with pool.acquire(timeout=self._timeout) as con, con.transaction(readonly=True):
                 async for row in con.cursor(sql, *args, prefetch=_EXPORT_CHUNK):
-                    yield UsageRecord.from_json(row[0])
+                    yield record_from_row(tuple(row))
         except _FAILURES as exc:
             if isinstance(exc, _CONNECTION_LOST):
                 await pool.expire_connections()

@@ -106,6 +106,40 @@ def usage_from(d: Mapping[str, Any]) -> TokenUsage:
     )
 
 
+def _attempt_dict(a: BilledAttempt) -> dict[str, Any]:
+    return {
+        "model": a.model,
+        "provider": a.provider,
+        "deployment": a.deployment,
+        "outcome": a.outcome,
+        "detail": a.detail,
+        "latency_seconds": a.latency_seconds,
+        "upstream_request_id": a.upstream_request_id,
+        "usage": usage_dict(a.usage),
+    }
+
+
+def _attempt_from(a: Mapping[str, Any]) -> BilledAttempt:
+    return BilledAttempt(
+        model=str(a.get("model", "")),
+        provider=str(a.get("provider", "")),
+        deployment=str(a.get("deployment", "")),
+        outcome=str(a.get("outcome", "")),
+        detail=str(a.get("detail", "")),
+        latency_seconds=float(a.get("latency_seconds", 0.0)),
+        upstream_request_id=str(a.get("upstream_request_id", "")),
+        usage=usage_from(a.get("usage") or {}),
+    )
+
+
+def attempts_json(attempts: tuple[BilledAttempt, ...]) -> str:
+    return json.dumps([_attempt_dict(a) for a in attempts], separators=(",", ":"), sort_keys=True)
+
+
+def attempts_from_json(text: str) -> tuple[BilledAttempt, ...]:
+    return tuple(_attempt_from(a) for a in json.loads(text))
+
+
 def to_dict(r: UsageRecord) -> dict[str, Any]:
     return {
         "record_id": r.record_id,
@@ -120,19 +154,7 @@ def to_dict(r: UsageRecord) -> dict[str, Any]:
         "resolved_model": r.resolved_model,
         "provider": r.provider,
         "deployment": r.deployment,
-        "attempts": [
-            {
-                "model": a.model,
-                "provider": a.provider,
-                "deployment": a.deployment,
-                "outcome": a.outcome,
-                "detail": a.detail,
-                "latency_seconds": a.latency_seconds,
-                "upstream_request_id": a.upstream_request_id,
-                "usage": usage_dict(a.usage),
-            }
-            for a in r.attempts
-        ],
+        "attempts": [_attempt_dict(a) for a in r.attempts],
         "usage": usage_dict(r.usage),
         "price_table_version": r.price_table_version,
         "latency_seconds": r.latency_seconds,
@@ -161,19 +183,7 @@ def from_dict(d: Mapping[str, Any]) -> UsageRecord:
         resolved_model=str(d.get("resolved_model", "")),
         provider=str(d.get("provider", "")),
         deployment=str(d.get("deployment", "")),
-        attempts=tuple(
-            BilledAttempt(
-                model=str(a.get("model", "")),
-                provider=str(a.get("provider", "")),
-                deployment=str(a.get("deployment", "")),
-                outcome=str(a.get("outcome", "")),
-                detail=str(a.get("detail", "")),
-                latency_seconds=float(a.get("latency_seconds", 0.0)),
-                upstream_request_id=str(a.get("upstream_request_id", "")),
-                usage=usage_from(a.get("usage") or {}),
-            )
-            for a in d.get("attempts") or ()
-        ),
+        attempts=tuple(_attempt_from(a) for a in d.get("attempts") or ()),
         usage=usage_from(d.get("usage") or {}),
         price_table_version=str(d.get("price_table_version", "")),
         latency_seconds=float(d.get("latency_seconds", 0.0)),

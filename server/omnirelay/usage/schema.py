@@ -1,9 +1,10 @@
 """The ledgers' one schema: versioned migrations per dialect and the row forms both dialects store.
 
-A record is kept twice over: scalar columns that queries filter and sum on,
-and ``body``, the record's own JSON, from which it is rebuilt. Adding a field
-to ``UsageRecord`` therefore needs no migration; a column is added only when
-something has to filter or aggregate on it.
+A record is one row of scalar columns, which queries filter and sum on and the
+record is rebuilt from, plus ``attempts`` as JSON. Writing happens for every
+call, so the row is cheap to build: the common attempt list, one success that
+repeats the record's own route and usage, is stored as NULL and rebuilt from
+the columns; only fallbacks, failures and retries spell their attempts out.
 
 Migrations are append-only: a released version is never edited, a change is a
 new version. Each runs once, inside the transaction that records it in
@@ -13,11 +14,13 @@ new version. Each runs once, inside the transaction that records it in
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from omnirelay.domain import TokenUsage
 from omnirelay.usage.ledger import BudgetScope, BudgetSpec, UsageQuery
-from omnirelay.usage.records import UsageRecord
+from omnirelay.usage.records import BilledAttempt, UsageRecord, attempts_from_json, attempts_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +86,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 saved_cost_micros INTEGER NOT NULL,
                 price_table_version TEXT NOT NULL,
                 tags TEXT NOT NULL,
-                body TEXT NOT NULL
+                attempts TEXT
             )
             """,
             *_INDEXES,
@@ -121,7 +124,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 saved_cost_micros BIGINT NOT NULL,
                 price_table_version TEXT NOT NULL,
                 tags JSONB NOT NULL,
-                body TEXT NOT NULL
+                attempts TEXT
             )
             """,
             *_INDEXES,
@@ -170,12 +173,32 @@ RECORD_COLUMNS: tuple[str, ...] = (
     "saved_cost_micros",
     "price_table_version",
     "tags",
-    "body",
+    "attempts",
 )
 
 
+_NO_TAGS = "{}"
+
+
+def _plain(r: UsageRecord) -> bool:
+    """Is the attempt list the one the columns imply: one success on the record's own route?"""
+    if len(r.attempts) != 1:
+        return False
+    a = r.attempts[0]
+    return (
+        a.outcome == "success"
+        and a.model == r.resolved_model
+        and a.provider == r.provider
+        and a.deployment == r.deployment
+        and a.usage == r.usage
+        and not a.detail
+        and not a.upstream_request_id
+        and not a.latency_seconds
+    )
+
+
 def record_row(r: UsageRecord) -> tuple[Any, ...]:
-    """One record as the values of RECORD_COLUMNS; ``tags`` and ``body`` as JSON text."""
+    """One record as the values of RECORD_COLUMNS; ``tags`` and ``attempts`` as JSON text."""
     u = r.usage
     return (
         r.record_id,
@@ -206,8 +229,85 @@ def record_row(r: UsageRecord) -> tuple[Any, ...]:
         u.cost_micros,
         r.saved_cost_micros,
         r.price_table_version,
-        json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True),
-        r.to_json(),
+        json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True) if r.tags else _NO_TAGS,
+        None if not r.attempts or _plain(r) else attempts_json(r.attempts),
+    )
+
+
+def record_from_row(row: Sequence[Any]) -> UsageRecord:
+    """The record a RECORD_COLUMNS row (in that order) stores; tags may come back as text or a dict."""
+    (
+        record_id,
+        request_id,
+        trace_id,
+        time,
+        project,
+        user,
+        tenant,
+        requested_model,
+        resolved_model,
+        provider,
+        deployment,
+        status_code,
+        operation,
+        streamed,
+        fallback_used,
+        cache,
+        attempt_count,
+        latency_seconds,
+        ttft_seconds,
+        input_tokens,
+        output_tokens,
+        cached_input_tokens,
+        cache_write_input_tokens,
+        reasoning_tokens,
+        estimated,
+        cost_micros,
+        saved_cost_micros,
+        price_table_version,
+        tags,
+        attempts,
+    ) = row
+    usage = TokenUsage(
+        int(input_tokens),
+        int(output_tokens),
+        int(cached_input_tokens),
+        int(reasoning_tokens),
+        bool(estimated),
+        int(cache_write_input_tokens),
+        int(cost_micros),
+    )
+    tag_map = json.loads(tags) if isinstance(tags, str) else dict(tags or {})
+    if attempts is not None:
+        billed = attempts_from_json(attempts)
+    elif attempt_count:
+        billed = (BilledAttempt(resolved_model, provider, deployment, "success", usage=usage),)
+    else:
+        billed = ()
+    return UsageRecord(
+        record_id=record_id,
+        request_id=request_id,
+        time=float(time),
+        requested_model=requested_model,
+        status_code=int(status_code),
+        trace_id=trace_id,
+        project=project,
+        user=user,
+        tags=tuple(sorted((str(k), str(v)) for k, v in tag_map.items())),
+        tenant=tenant,
+        resolved_model=resolved_model,
+        provider=provider,
+        deployment=deployment,
+        attempts=billed,
+        usage=usage,
+        price_table_version=price_table_version,
+        latency_seconds=float(latency_seconds),
+        ttft_seconds=None if ttft_seconds is None else float(ttft_seconds),
+        cache=cache,
+        saved_cost_micros=int(saved_cost_micros),
+        streamed=bool(streamed),
+        fallback_used=bool(fallback_used),
+        operation=operation,
     )
 
 
