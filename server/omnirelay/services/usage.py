@@ -83,10 +83,11 @@ class UsageService(usage_pb2_grpc.UsageServiceServicer):
             bad.append(FieldViolation("page_size", "must not be negative"))
         offset = 0
         if request.page_token:
-            if not request.page_token.isdigit():
-                bad.append(FieldViolation("page_token", "not a token from a previous response"))
+            token = request.page_token
+            if token.isascii() and token.isdecimal():
+                offset = int(token)
             else:
-                offset = int(request.page_token)
+                bad.append(FieldViolation("page_token", "not a token from a previous response"))
         if bad:
             raise InvalidArgumentError(bad)
         aggregator = Aggregator(group_by, request.group_by_tag)
@@ -124,13 +125,15 @@ class UsageService(usage_pb2_grpc.UsageServiceServicer):
         async for record in _records(self._runtime, query):
             spend.add(record)
         daily = spend.by_day()
-        today = dt.datetime.now(dt.UTC).date()
-        end = dt.datetime.fromtimestamp(query.end, dt.UTC).date() if query.end is not None else today
-        # The window's own bounds count as days (zero spend where nothing was recorded).
+        # The window's first and last days count as days, with zero spend where nothing was
+        # recorded: a project that stopped spending must not be forecast at its old rate.
+        end = query.end if query.end is not None else dt.datetime.now(dt.UTC).timestamp()
+        last_day = dt.datetime.fromtimestamp(end - 1e-6, dt.UTC).date()  # the end is exclusive
+        daily.setdefault(last_day, 0)
         if query.start is not None:
             daily.setdefault(dt.datetime.fromtimestamp(query.start, dt.UTC).date(), 0)
         days = max(1, math.ceil(horizon / dt.timedelta(days=1)))
-        result = forecast(daily, end + dt.timedelta(days=1) if query.end is None else end, days)
+        result = forecast(daily, last_day + dt.timedelta(days=1), days)
         return usage_pb2.ForecastCostResponse(
             forecast_cost_micros=result.total_micros,
             low_cost_micros=result.low_micros,
@@ -200,9 +203,9 @@ class UsageService(usage_pb2_grpc.UsageServiceServicer):
             spent_micros=spent,
             reserve=spec.reserve,
         )
-        out.period_start.FromNanoseconds(int(start * 1e9))
+        _set_time(out.period_start, start)
         if end is not None:
-            out.period_end.FromNanoseconds(int(end * 1e9))
+            _set_time(out.period_end, end)
         return out
 
 
@@ -269,6 +272,13 @@ def budget_spec(b: usage_pb2.Budget) -> BudgetSpec:
         thresholds=tuple(sorted(set(b.alert_thresholds))) or (0.5, 0.8, 1.0),
         reserve=b.reserve,
     )
+
+
+def _set_time(out: timestamp_pb2.Timestamp, seconds: float) -> None:
+    # Whole seconds apart from the fraction: seconds * 1e9 as a float is only good to 256 ns.
+    whole = math.floor(seconds)
+    out.seconds = whole
+    out.nanos = min(round((seconds - whole) * 1e9), 999_999_999)
 
 
 def _seconds(t: timestamp_pb2.Timestamp) -> float:
@@ -351,7 +361,7 @@ def record_proto(r: UsageRecord) -> usage_pb2.UsageRecord:
         streamed=r.streamed,
         fallback_used=r.fallback_used,
     )
-    out.time.FromNanoseconds(int(r.time * 1e9))
+    _set_time(out.time, r.time)
     if r.ttft_seconds is not None:
         out.time_to_first_token.CopyFrom(_duration(r.ttft_seconds))
     return out

@@ -88,7 +88,8 @@ class Price:
 
 
 def _usd(pico: int) -> str:
-    return str((Decimal(pico) / _PICO_PER_MICRO).normalize())
+    # normalize() alone writes 10 as 1E+1; "f" keeps it plain.
+    return format((Decimal(pico) / _PICO_PER_MICRO).normalize(), "f")
 
 
 def with_cost(u: TokenUsage, price: Price | None) -> TokenUsage:
