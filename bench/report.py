@@ -12,6 +12,7 @@ from bench.markdown import cell, number, signed_ms, table
 from bench.outcome import HoldMeasurement, StartupSample
 from bench.procs import StopOutcome
 from bench.results import (
+    BASELINE,
     BASELINES,
     CACHE_HIT,
     DIRECT,
@@ -21,6 +22,7 @@ from bench.results import (
     START_SCENARIO,
     STREAMS_SCENARIO,
     SUBJECT,
+    UNRECORDED,
     WORKERS_SCENARIO,
     AddedLatency,
     Measurement,
@@ -29,7 +31,7 @@ from bench.results import (
     Summary,
 )
 from bench.sections import start_section, streams_section, workers_section
-from bench.targets import Goal, goal_lines, goals_table
+from bench.targets import Goal, goal_lines, goals_table, unrecorded_levels
 from bench.workload import STREAM_EVENTS, STREAM_MAX_TOKENS, UNARY_MAX_TOKENS, sim_model
 
 
@@ -80,14 +82,17 @@ def _ratio_name(r: Ratio) -> str:
         return f"workers_2_vs_1_{r.mode}"
     if r.subject == CACHE_HIT:
         return f"cache_hit_{r.mode}"
+    if r.baseline == UNRECORDED:
+        return f"recorded_vs_unrecorded_{r.mode}"
     return r.mode
 
 
 def ratio_lines(ratios: Sequence[Ratio]) -> list[str]:
     """Lines a script can grep for: `RATIO unary c=64: 0.42` (omnirelay / echo), `RATIO cache_hit_unary
-    c=64: 0.9` (omnirelay's cache hits / echo), `RATIO vs_relay_unary c=1: 0.8` (omnirelay / bare
-    relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client), `RATIO workers_2_vs_1_unary
-    c=64: 1.6`."""
+    c=64: 0.9` (omnirelay's cache hits / echo), `RATIO recorded_vs_unrecorded_unary c=64: 0.97`
+    (omnirelay / omnirelay with usage recording off), `RATIO vs_relay_unary c=1: 0.8` (omnirelay /
+    bare relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client), `RATIO
+    workers_2_vs_1_unary c=64: 1.6`."""
     return [f"RATIO {_ratio_name(r)} c={r.concurrency}: {number(r.of_medians)}" for r in ratios]
 
 
@@ -126,6 +131,8 @@ def _header(report: Report) -> list[str]:
         cache_levels = []
     if cache_levels:
         levels += f" (cache hits: {','.join(map(str, cache_levels))})"
+    if ECHO_SCENARIO in config.scenarios and (unrecorded := unrecorded_levels(config)):
+        levels += f" (unrecorded: {','.join(map(str, unrecorded))})"
     if SIM_SCENARIO in config.scenarios:
         levels += f" (sim: {','.join(map(str, config.sim_concurrency))})"
     if WORKERS_SCENARIO in config.scenarios:
@@ -210,7 +217,11 @@ def _load(s: Summary, server_cpu: tuple[str, ...]) -> tuple[str, ...]:
 
 def _echo_sections(report: Report) -> list[str]:
     summaries = [s for s in report.summaries if s.scenario == ECHO_SCENARIO]
-    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.subject == SUBJECT]
+    ratios = [
+        r
+        for r in report.ratios
+        if r.scenario == ECHO_SCENARIO and r.subject == SUBJECT and r.baseline == BASELINE
+    ]
     by_mode = {mode: [s for s in summaries if s.mode == mode] for mode in report.config.modes}
     out: list[str] = []
     if "unary" in by_mode:
@@ -268,6 +279,7 @@ def _echo_sections(report: Report) -> list[str]:
         out += ["", "## omnirelay / echo (calls/s unary, messages/s streaming)", ""]
         out += _ratio_table(ratios)
     out += _cache_section(report)
+    out += _recording_section(report)
     if summaries:
         out += ["", "## Answer sizes (one call, serialized protobuf)", ""]
         out += _sizes_table(summaries)
@@ -290,6 +302,24 @@ def _cache_section(report: Report) -> list[str]:
         "must come back with `route.cache` HIT (any other counts as an error). A hit skips routing "
         "and the provider; the answer has the uncached one's tokens (sizes under Answer sizes). "
         f"Measured interleaved with `echo` and `{SUBJECT}`; its rows are in the unary table above.",
+        "",
+    ]
+    out += _ratio_table(ratios)
+    return out
+
+
+def _recording_section(report: Report) -> list[str]:
+    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.baseline == UNRECORDED]
+    if not ratios:
+        return []
+    out = ["", f"## Usage recording on / off (`{SUBJECT}` / `{UNRECORDED}`, unary calls/s)", ""]
+    out += [
+        f"`{UNRECORDED}`: a second omnirelay server, the same as `{SUBJECT}` but with usage recording "
+        "off (`OMNIRELAY_USAGE__ENABLED=false`: no usage records, no budgets), on the same core. "
+        f"`{SUBJECT}` leaves a usage record for every call, which its recorder writes to a SQLite "
+        "ledger in batches (in a temporary directory). Measured next to "
+        f"`{SUBJECT}` in each repeat (ABBA); its rows are in the unary table above. A ratio under 1 is "
+        "what recording costs.",
         "",
     ]
     out += _ratio_table(ratios)

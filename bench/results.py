@@ -1,10 +1,11 @@
 """What the load scenarios produced: measurements, their summaries over repeats, omnirelay / baseline ratios.
 
-`echo` compares omnirelay with a bare grpc.aio server, and omnirelay answering from its response
-cache (`cache-hit`) with the same server; `sim` compares omnirelay relaying the provider
-simulator with a bare grpc.aio relay in front of it and with a client calling the simulator
-directly; `workers` compares omnirelay serving with one and with two worker processes. The other
-scenarios (`streams`, `start`) have figures of their own (bench.holdload, bench.startup).
+`echo` compares omnirelay with a bare grpc.aio server, omnirelay answering from its response cache
+(`cache-hit`) with the same server, and omnirelay with a second omnirelay server that records no
+usage (`unrecorded`); `sim` compares omnirelay relaying the provider simulator with a bare
+grpc.aio relay in front of it and with a client calling the simulator directly; `workers` compares
+omnirelay serving with one and with two worker processes. The other scenarios (`streams`, `start`)
+have figures of their own (bench.holdload, bench.startup).
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ SUBJECT = "omnirelay"
 # The echo scenario's omnirelay server called with deterministic requests (temperature 0), which it
 # answers from its response cache: every measured call is a hit.
 CACHE_HIT = "cache-hit"
+# The echo scenario's second omnirelay server, with usage recording off: omnirelay's unary calls/s
+# over its own are what recording costs.
+UNRECORDED = "unrecorded"
 # The workers scenario's targets: omnirelay serving with this many worker processes.
 WORKER_COUNTS = (1, 2)
 
@@ -43,7 +47,7 @@ def workers_target(count: int) -> str:
 BASELINES: dict[str, tuple[str, ...]] = {ECHO_SCENARIO: (BASELINE,), SIM_SCENARIO: (RELAY, DIRECT)}
 # Every target of the scenarios measured with bench.loadgen, in the order they are measured.
 TARGETS: dict[str, tuple[str, ...]] = {
-    ECHO_SCENARIO: (BASELINE, SUBJECT, CACHE_HIT),
+    ECHO_SCENARIO: (BASELINE, SUBJECT, UNRECORDED, CACHE_HIT),
     SIM_SCENARIO: (DIRECT, RELAY, SUBJECT),
     WORKERS_SCENARIO: tuple(workers_target(n) for n in WORKER_COUNTS),
 }
@@ -138,7 +142,8 @@ class Ratio:
     of_medians: float
     low: float
     high: float
-    # The target over the baseline: omnirelay, its cache hits, or a worker count.
+    # The target over the baseline: omnirelay (over echo, the relays, or itself unrecorded), its cache
+    # hits, or a worker count.
     subject: str = SUBJECT
 
 

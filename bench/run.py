@@ -1,8 +1,9 @@
 """`make bench`: omnirelay against baselines, in the same run on the same machine.
 
 Five scenarios, one after the other, each starting its servers and stopping them again.
-`echo`: omnirelay (local provider) against a bare grpc.aio echo server, and omnirelay answering
-deterministic unary calls from its response cache against the same echo server (at c=64).
+`echo`: omnirelay (local provider) against a bare grpc.aio echo server, omnirelay answering
+deterministic unary calls from its response cache against the same echo server (at c=64), and
+omnirelay against a second omnirelay server with usage recording off (unary, at c=64).
 `sim`: omnirelay relaying the provider simulator (`omnirelay sim`) through its OpenAI adapter,
 against a bare grpc.aio relay in front of the same simulator and against the load generator calling
 the simulator directly over HTTP.
@@ -26,6 +27,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
@@ -52,6 +54,7 @@ from bench.results import (
     START_SCENARIO,
     STREAMS_SCENARIO,
     TARGETS,
+    UNRECORDED,
     WORKER_COUNTS,
     WORKERS_SCENARIO,
     Measurement,
@@ -73,7 +76,7 @@ from bench.scenarios import (
 )
 from bench.startup import run_startup
 from bench.streams import StreamsConfig, run_streams
-from bench.targets import evaluate
+from bench.targets import evaluate, unrecorded_levels
 from bench.workload import MODES
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -337,14 +340,18 @@ class _Runner:
         """Start a scenario's servers, measure its targets, and stop the servers again."""
         started: list[RunningServer] = []
         cache_levels: tuple[int, ...] = ()
+        unrecorded: tuple[int, ...] = ()
         if scenario == ECHO_SCENARIO:
+            unrecorded = unrecorded_levels(self.config)
             if missing := cache_missing(argv[OMNIRELAY_SERVER]):
                 self.out.skipped[CACHE_HIT] = missing
                 print(f"{CACHE_HIT}: {missing}", file=sys.stderr, flush=True)
             else:
                 cache_levels = self.config.cache_concurrency
         try:
-            targets = start_targets(scenario, argv, launcher, self.out.failures, started, cache_levels)
+            targets = start_targets(
+                scenario, argv, launcher, self.out.failures, started, cache_levels, unrecorded
+            )
             for server in started:
                 self.out.started(server)
                 print(
@@ -519,6 +526,12 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
             if c in config.cache_concurrency
             and (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, BASELINE, subject_name=CACHE_HIT))
         ]
+        # omnirelay (recording) over itself without recording.
+        ratios += [
+            r
+            for c in unrecorded_levels(config)
+            if (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, baseline_name=UNRECORDED))
+        ]
     if WORKERS_SCENARIO in config.scenarios:
         one, two = (workers_target(n) for n in WORKER_COUNTS)
         c = config.workers_concurrency
@@ -579,13 +592,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started_utc = datetime.now(UTC)
     stamp = started_utc.strftime("%Y%m%d-%H%M%S")
     args.out.mkdir(parents=True, exist_ok=True)
-    launcher = Launcher(args.out, stamp, cpus[0] if cpus else None, args.start_timeout, REPO, everywhere)
 
     out = Outcome()
-    try:
-        _run_all(config, commands, launcher, out)
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # omnirelay's usage ledgers and spill files: out of the repository, and gone after the run.
+    with tempfile.TemporaryDirectory(prefix=f"omnirelay-bench-{stamp}-") as data_dir:
+        launcher = Launcher(
+            args.out, stamp, cpus[0] if cpus else None, args.start_timeout, REPO, Path(data_dir), everywhere
+        )
+        try:
+            _run_all(config, commands, launcher, out)
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     wall_s = time.monotonic() - wall_start
     result = _report(config, out, started_utc, wall_s)

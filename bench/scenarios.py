@@ -1,12 +1,17 @@
 """The load scenarios' servers, and the targets the load generator calls in each.
 
-`echo`: the echo server and omnirelay (its `local` provider), both over gRPC; and the same omnirelay
+`echo`: the echo server and omnirelay (its `local` provider), both over gRPC; the same omnirelay
 server called with deterministic requests, which it answers from its response cache (`cache-hit`,
-unary only, at the levels asked for: it starts no server of its own).
+unary only, at the levels asked for: it starts no server of its own); and a second omnirelay server
+with usage recording off (`unrecorded`, unary only, at the levels asked for).
 `sim`: the provider simulator, the bare relay (bench.relay_server) and omnirelay, both relays with
 the simulator's OpenAI API behind them. Targets: omnirelay and the relay over gRPC, and the
 simulator's HTTP API directly.
 `workers`: omnirelay serving with one and with two worker processes, none of them pinned.
+
+Every omnirelay server keeps its usage ledger and spill file in the run's data directory (a
+temporary one), named after the server: not in the repository's `var/`, where every run would add
+its records (about a hundred thousand) to the last run's.
 
 The simulator runs on the servers' CPU, beside the relays. With two cores that is the fair choice:
 each target then has one core for everything behind the client and the load generator has the
@@ -32,6 +37,7 @@ from bench.results import (
     RELAY,
     SIM_SCENARIO,
     SUBJECT,
+    UNRECORDED,
     WORKER_COUNTS,
     WORKERS_SCENARIO,
     workers_target,
@@ -44,6 +50,9 @@ OMNIRELAY_SERVER = "omnirelay"
 SIM_SERVER = "sim"
 RELAY_SERVER = "relay"
 OMNIRELAY_SIM_SERVER = "omnirelay-sim"
+OMNIRELAY_UNRECORDED_SERVER = "omnirelay-unrecorded"
+# omnirelay's setting that turns usage recording (and budgets) off.
+UNRECORDED_ENV = (("OMNIRELAY_USAGE__ENABLED", "false"),)
 RESET_TIMEOUT_S = 5.0
 
 
@@ -90,9 +99,15 @@ class Launcher:
     cpus: frozenset[int] | None
     timeout_s: float
     cwd: Path
+    # Where omnirelay servers keep their usage ledger and spill file: the run's temporary directory.
+    data_dir: Path
     # Where unpinned servers run: every CPU of the run (the runner itself is pinned, and a child
     # would inherit its one CPU).
     all_cpus: frozenset[int] | None = None
+
+    def omnirelay(self, name: str, argv: Sequence[str], env: tuple[tuple[str, str], ...] = ()) -> ServerSpec:
+        """An omnirelay server's spec: `env` and its usage files in the run's data directory."""
+        return ServerSpec(name, tuple(argv), env + usage_env(self.data_dir, name))
 
     def start(
         self,
@@ -114,6 +129,17 @@ class Launcher:
         return server
 
 
+def usage_env(data_dir: Path, name: str) -> tuple[tuple[str, str], ...]:
+    """omnirelay's usage ledger (SQLite, with its -wal and -shm files) and spill file, in `data_dir`.
+
+    Set even with recording off: omnirelay still opens the ledger at start.
+    """
+    return (
+        ("OMNIRELAY_USAGE__SQLITE_PATH", str(data_dir / f"{name}-usage.db")),
+        ("OMNIRELAY_USAGE__SPILL_PATH", str(data_dir / f"{name}-usage-spill.jsonl")),
+    )
+
+
 def sim_env(sim_address: str) -> tuple[tuple[str, str], ...]:
     """omnirelay's settings for a provider named `sim` of kind openai at the simulator."""
     prefix = f"OMNIRELAY_PROVIDERS__{SIM_PROVIDER.upper()}__"
@@ -131,39 +157,68 @@ def start_targets(
     failures: list[str],
     started: list[RunningServer],
     cache_levels: tuple[int, ...] = (),
+    unrecorded_levels: tuple[int, ...] = (),
 ) -> list[Target]:
     """Start a scenario's servers (`argv` by process name) and return the targets that can be measured.
 
     `cache_levels`: the echo scenario's concurrency levels at which cache hits are measured too.
+    `unrecorded_levels`: those at which omnirelay without usage recording is (unary); none: its
+    server is not started.
     """
     if scenario == ECHO_SCENARIO:
-        targets = []
-        echo = launcher.start(ServerSpec(ECHO_SERVER, tuple(argv[ECHO_SERVER])), failures, started)
-        if echo:
-            targets.append(Target(BASELINE, echo, "grpc", echo.address))
-        omnirelay = launcher.start(
-            ServerSpec(OMNIRELAY_SERVER, tuple(argv[OMNIRELAY_SERVER])), failures, started
-        )
-        if omnirelay:
-            targets.append(Target(SUBJECT, omnirelay, "grpc", omnirelay.address))
-            if cache_levels:
-                # The same server: its cache is on by default, and the hits need nothing else.
-                hits = Target(
-                    CACHE_HIT,
-                    omnirelay,
-                    "grpc",
-                    omnirelay.address,
-                    modes=("unary",),
-                    levels=cache_levels,
-                    cache_hit=True,
-                )
-                targets.append(hits)
-        return targets
+        return _start_echo(argv, launcher, failures, started, cache_levels, unrecorded_levels)
     if scenario == SIM_SCENARIO:
         return _start_sim(argv, launcher, failures, started)
     if scenario == WORKERS_SCENARIO:
         return _start_workers(argv, launcher, failures, started)
     raise ValueError(f"not a load scenario: {scenario}")
+
+
+def _start_echo(
+    argv: Mapping[str, Sequence[str]],
+    launcher: Launcher,
+    failures: list[str],
+    started: list[RunningServer],
+    cache_levels: tuple[int, ...],
+    unrecorded_levels: tuple[int, ...],
+) -> list[Target]:
+    targets = []
+    echo = launcher.start(ServerSpec(ECHO_SERVER, tuple(argv[ECHO_SERVER])), failures, started)
+    if echo:
+        targets.append(Target(BASELINE, echo, "grpc", echo.address))
+    omnirelay = launcher.start(
+        launcher.omnirelay(OMNIRELAY_SERVER, argv[OMNIRELAY_SERVER]), failures, started
+    )
+    if omnirelay:
+        targets.append(Target(SUBJECT, omnirelay, "grpc", omnirelay.address))
+    if unrecorded_levels:
+        # A server of its own beside the other (the same core and settings, recording off), measured
+        # next to it in every repeat: the pair recording's cost is judged on runs back to back.
+        spec = launcher.omnirelay(OMNIRELAY_UNRECORDED_SERVER, argv[OMNIRELAY_SERVER], UNRECORDED_ENV)
+        if unrecorded := launcher.start(spec, failures, started):
+            targets.append(
+                Target(
+                    UNRECORDED,
+                    unrecorded,
+                    "grpc",
+                    unrecorded.address,
+                    modes=("unary",),
+                    levels=unrecorded_levels,
+                )
+            )
+    if omnirelay and cache_levels:
+        # The same server: its cache is on by default, and the hits need nothing else.
+        hits = Target(
+            CACHE_HIT,
+            omnirelay,
+            "grpc",
+            omnirelay.address,
+            modes=("unary",),
+            levels=cache_levels,
+            cache_hit=True,
+        )
+        targets.append(hits)
+    return targets
 
 
 def _start_sim(
@@ -194,7 +249,7 @@ def _start_sim(
     relay_spec = ServerSpec(RELAY_SERVER, (*argv[RELAY_SERVER], "--upstream", base_url))
     if relay := launcher.start(relay_spec, failures, started):
         targets.append(relayed(RELAY, relay))
-    spec = ServerSpec(OMNIRELAY_SIM_SERVER, tuple(argv[OMNIRELAY_SERVER]), sim_env(sim.address))
+    spec = launcher.omnirelay(OMNIRELAY_SIM_SERVER, argv[OMNIRELAY_SERVER], sim_env(sim.address))
     if omnirelay := launcher.start(spec, failures, started):
         targets.append(relayed(SUBJECT, omnirelay))
     # Baselines first, as in the echo scenario.
@@ -208,7 +263,7 @@ def _start_workers(
     for count in WORKER_COUNTS:
         # `--workers N` prints its serving line once every worker listens. Unpinned: two workers
         # need both cores.
-        spec = ServerSpec(f"omnirelay-{count}w", (*argv[OMNIRELAY_SERVER], "--workers", str(count)))
+        spec = launcher.omnirelay(f"omnirelay-{count}w", (*argv[OMNIRELAY_SERVER], "--workers", str(count)))
         if server := launcher.start(spec, failures, started, pinned=False):
             targets.append(Target(workers_target(count), server, "grpc", server.address, spread=True))
     return targets

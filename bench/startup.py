@@ -19,7 +19,7 @@ import grpc
 
 from bench.memory import megabytes, status_kb
 from bench.outcome import Outcome, StartupSample
-from bench.procs import RunningServer, ServerSpec, stop_all
+from bench.procs import RunningServer, stop_all
 from bench.scenarios import Launcher
 from bench.workload import stream_request, unary_request
 from omnirelay_client.v1 import completion_pb2_grpc, stream_pb2_grpc
@@ -71,7 +71,7 @@ def run_startup(
         try:
             spawned = time.perf_counter()
             server = launcher.start(
-                ServerSpec(START_SERVER, tuple(argv)), out.failures, started, poll_s=POLL_S
+                launcher.omnirelay(START_SERVER, argv), out.failures, started, poll_s=POLL_S
             )
             if server is None:
                 continue

@@ -154,7 +154,7 @@ def run_streams(
     """Both cases, one after the other, each with servers of its own."""
     started: list[RunningServer] = []
     try:
-        spec = ServerSpec("omnirelay-hold", tuple(argv[OMNIRELAY_SERVER]), LOCAL_ENV)
+        spec = launcher.omnirelay("omnirelay-hold", argv[OMNIRELAY_SERVER], LOCAL_ENV)
         if server := launcher.start(spec, out.failures, started):
             out.started(server)
             settle()
@@ -174,7 +174,7 @@ def run_streams(
         # A connection per stream, and a few to spare.
         pool = config.sim_streams + config.sim_streams // 10 + 10
         env = sim_env(sim.address) + pool_env(SIM_PROVIDER, pool)
-        relays = [(SUBJECT, ServerSpec("omnirelay-sim-hold", tuple(argv[OMNIRELAY_SERVER]), env))]
+        relays = [(SUBJECT, launcher.omnirelay("omnirelay-sim-hold", argv[OMNIRELAY_SERVER], env))]
         if config.relay_baseline:
             upstream = f"http://{sim.address}/v1"
             relay_argv = (*argv[RELAY_SERVER], "--upstream", upstream, "--connections", str(pool))

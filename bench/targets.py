@@ -24,6 +24,7 @@ from bench.results import (
     START_SCENARIO,
     STREAMS_SCENARIO,
     SUBJECT,
+    UNRECORDED,
     AddedLatency,
     Ratio,
     RunConfig,
@@ -38,6 +39,8 @@ NOT_MEASURED: Final = "N/A"
 RATIO_C: Final = 64
 # Cache hits / echo, unary calls/s at RATIO_C: a hit skips routing and the provider.
 CACHE_HIT_RATIO: Final = 0.8
+# omnirelay / omnirelay with usage recording off, unary calls/s at RATIO_C: recording costs at most 5%.
+RECORDING_RATIO: Final = 0.95
 LATENCY_C: Final = 1
 MANY_STREAMS: Final = 10_000
 GIB_MB: Final = 2**30 / 1e6
@@ -58,10 +61,18 @@ def _goal(name: str, goal: str, value: float, passed: bool, planned: bool, shown
     return Goal(name, goal, shown or number(value), PASS if passed else FAIL)
 
 
-def _echo_ratio(ratios: Sequence[Ratio], mode: str, subject: str = SUBJECT) -> float:
-    key = (ECHO_SCENARIO, BASELINE, subject, mode, RATIO_C)
+def _echo_ratio(
+    ratios: Sequence[Ratio], mode: str, subject: str = SUBJECT, baseline: str = BASELINE
+) -> float:
+    key = (ECHO_SCENARIO, baseline, subject, mode, RATIO_C)
     found = [r for r in ratios if (r.scenario, r.baseline, r.subject, r.mode, r.concurrency) == key]
     return found[0].of_medians if found else math.nan
+
+
+def unrecorded_levels(config: RunConfig) -> tuple[int, ...]:
+    """The echo scenario's levels at which omnirelay with usage recording off is measured (unary):
+    the one recording's cost is judged at, when the run measures omnirelay's unary calls there."""
+    return (RATIO_C,) if RATIO_C in config.concurrency and "unary" in config.modes else ()
 
 
 def _added(added: Sequence[AddedLatency]) -> AddedLatency | None:
@@ -88,6 +99,15 @@ def evaluate(
             goal = f"{SUBJECT} / echo, {mode} {what} at c={RATIO_C} >= 0.7"
             goals.append(_goal(f"{mode}_vs_echo_c{RATIO_C}", goal, value, value >= 0.7, planned))
         goals.append(_cache_hit(config, ratios, summaries, (skipped or {}).get(CACHE_HIT, "")))
+        planned = bool(unrecorded_levels(config))
+        value = _echo_ratio(ratios, "unary", baseline=UNRECORDED)
+        goal = (
+            f"{SUBJECT} / {SUBJECT} with usage recording off ({UNRECORDED}), unary calls/s at c={RATIO_C} "
+            f">= {RECORDING_RATIO:g}"
+        )
+        goals.append(
+            _goal(f"recording_cost_unary_c{RATIO_C}", goal, value, value >= RECORDING_RATIO, planned)
+        )
     if SIM_SCENARIO in scenarios:
         planned = LATENCY_C in config.sim_concurrency and "unary" in config.modes
         a = _added(added)
