@@ -190,59 +190,72 @@ class Tally:
 
     def record(self, price_table_version: str, ended: float, saved_price: Price | None) -> UsageRecord:
         """The call's record; ``saved_price`` prices a cache answer's tokens as the saving."""
+        answered = self.cache_answered
+        if not self.trail_records and self._extra is None and self.deployment and not answered:
+            # The common case, one attempt that succeeded: nothing to sum.
+            attempts: tuple[BilledAttempt, ...] = (
+                BilledAttempt(self.model, self.provider, self.deployment, "success", usage=self.usage),
+            )
+            total = self.usage
+        else:
+            attempts, total = self._attempts(answered)
+        last = attempts[-1] if attempts else None
+        saved = saved_price.cost_micros(self.usage) if answered and saved_price is not None else 0
+        streamed = self.streamed
+        return UsageRecord(
+            self.record_id,
+            self.request_id,
+            self.started_wall,
+            self.requested_model,
+            self.status_code,
+            self.trace_id,
+            self.project,
+            self.user,
+            self.tags,
+            "",  # tenant: set once authentication exists
+            self.model or (last.model if last is not None else ""),
+            self.provider or (last.provider if last is not None else ""),
+            self.deployment or (last.deployment if last is not None else ""),
+            attempts,
+            total,
+            price_table_version,
+            ended - self.started,
+            self.ttft,
+            self.cache,
+            saved,
+            streamed,
+            self.fallback_used,
+            "stream" if streamed else "complete",
+        )
+
+    def _attempts(self, answered: bool) -> tuple[tuple[BilledAttempt, ...], TokenUsage]:
         attempts: list[BilledAttempt] = []
         total = _NO_USAGE
         for i, r in enumerate(self.trail_records):
             billed = self._billed.get(i, _NO_USAGE)
             total = add(total, billed)
             attempts.append(_billed_attempt(r, billed))
-        if self.deployment and not self.cache_answered:
+        if answered:
+            # A cache answer's tokens are recorded, its cost is nothing: no attempt was made.
+            u = self.usage
+            total = TokenUsage(
+                u.input_tokens,
+                u.output_tokens,
+                u.cached_input_tokens,
+                u.reasoning_tokens,
+                u.estimated,
+                u.cache_write_input_tokens,
+                0,
+            )
+        elif self.deployment:
             attempts.append(
                 BilledAttempt(self.model, self.provider, self.deployment, "success", usage=self.usage)
             )
             total = add(total, self.usage)
-        elif self.cache_answered:
-            # A cache answer's tokens are recorded, its cost is nothing: no attempt was made.
-            total = TokenUsage(
-                self.usage.input_tokens,
-                self.usage.output_tokens,
-                self.usage.cached_input_tokens,
-                self.usage.reasoning_tokens,
-                self.usage.estimated,
-                self.usage.cache_write_input_tokens,
-                0,
-            )
         if self._extra is not None:
             attempts.append(self._extra)
             total = add(total, self._extra.usage)
-        last = attempts[-1] if attempts else None
-        saved = 0
-        if self.cache_answered and saved_price is not None:
-            saved = saved_price.cost_micros(self.usage)
-        return UsageRecord(
-            record_id=self.record_id,
-            request_id=self.request_id,
-            time=self.started_wall,
-            requested_model=self.requested_model,
-            status_code=self.status_code,
-            trace_id=self.trace_id,
-            project=self.project,
-            user=self.user,
-            tags=self.tags,
-            resolved_model=self.model or (last.model if last is not None else ""),
-            provider=self.provider or (last.provider if last is not None else ""),
-            deployment=self.deployment or (last.deployment if last is not None else ""),
-            attempts=tuple(attempts),
-            usage=total,
-            price_table_version=price_table_version,
-            latency_seconds=ended - self.started,
-            ttft_seconds=self.ttft,
-            cache=self.cache,
-            saved_cost_micros=saved,
-            streamed=self.streamed,
-            fallback_used=self.fallback_used,
-            operation="stream" if self.streamed else "complete",
-        )
+        return tuple(attempts), total
 
     @property
     def cache_answered(self) -> bool:
