@@ -49,3 +49,8 @@ def configure(settings: LoggingSettings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     root.propagate = False
+    # Libraries (asyncpg's reconnect warnings, grpc, httpx) log through the same handler, so every
+    # line has the configured format; only their warnings and worse.
+    libraries = logging.getLogger()
+    libraries.handlers[:] = [handler]
+    libraries.setLevel(logging.WARNING)

@@ -231,9 +231,22 @@ class Recorder:
         waiters.clear()
 
     async def _flush(self, *, full_only: bool) -> None:
+        """Write full batches; with ``full_only`` False also the rest queued when the flush began.
+
+        Records that arrive while it writes wait for the next tick (or a full batch): under steady
+        load a flush would otherwise chase the queue in a chain of tiny commits.
+        """
         queue, size = self._queue, self._settings.batch_size
-        while len(queue) >= size or (queue and not full_only):
-            batch = [queue.popleft() for _ in range(min(size, len(queue)))]
+        due = 0 if full_only else len(queue)
+        while queue:
+            if len(queue) >= size:
+                take = size
+            elif due > 0:
+                take = min(len(queue), due)
+            else:
+                break
+            due -= take
+            batch = [queue.popleft() for _ in range(take)]
             self._room.set()
             await self._write_queued(batch)
 
