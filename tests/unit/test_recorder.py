@@ -272,12 +272,30 @@ async def test_a_full_queue_spills_under_the_spill_policy_and_nothing_is_lost(ma
     assert spill.pending() == 0
 
 
-async def test_submit_spills_a_full_queue_under_the_block_policy_too(make: MakeRecorder) -> None:
-    recorder, _, spill = make(queue_size=2, full_policy="block")
+async def test_submit_under_the_block_policy_waits_for_room_off_the_callers_path_then_spills(
+    make: MakeRecorder,
+) -> None:
+    recorder, _, spill = make(queue_size=2, full_policy="block", block_seconds=0.05)
     for i in range(3):
-        recorder.submit(record(i))
+        recorder.submit(record(i))  # returns at once: the third waits in a task of its own
+    assert recorder.counters.spilled == 0
+    await asyncio.sleep(0.15)  # nobody frees room (no writer): after block_seconds it spills
     assert recorder.counters.spilled == 1
     assert spilled_ids(spill) == {"r2"}
+
+
+async def test_submit_under_the_block_policy_queues_once_the_writer_frees_room(make: MakeRecorder) -> None:
+    ledger = FakeLedger(delay=0.02)
+    recorder, _, _ = make(
+        ledger, queue_size=2, batch_size=2, full_policy="block", block_seconds=1.0, flush_interval_seconds=1.0
+    )
+    recorder.start()
+    for i in range(3):
+        recorder.submit(record(i))
+    await asyncio.sleep(0.2)  # the writer takes the full batch; the third record gets its place
+    await recorder.close()
+    assert recorder.counters.spilled == 0
+    assert set(ledger.stored) == ids(3)
 
 
 async def test_submit_wait_waits_for_the_writer_to_free_room(make: MakeRecorder) -> None:

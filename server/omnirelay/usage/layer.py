@@ -95,19 +95,17 @@ class UsageLayer:
         stream.StreamComplete = stream_complete
 
     def _open(self, request: completion_pb2.CompleteRequest, *, streamed: bool) -> Tally:
-        attribution = request.attribution
-        tags = attribution.tags
         tally = Tally(
-            self._finish,
-            new_id(),
-            current_request_id(),
-            request.model,
-            streamed=streamed,
-            project=attribution.project,
-            user=attribution.user,
-            tags=tuple(sorted(tags.items())) if tags else (),
-            trace_id=current_trace_id(),
+            self._finish, new_id(), current_request_id(), request.model, streamed, current_trace_id()
         )
+        # Reading an unset sub-message still builds it: most calls carry no attribution.
+        if request.HasField("attribution"):
+            attribution = request.attribution
+            tally.project = attribution.project
+            tally.user = attribution.user
+            tags = attribution.tags
+            if tags:
+                tally.tags = tuple(sorted(tags.items()))
         make_current(tally)
         return tally
 

@@ -111,6 +111,7 @@ class Recorder:
         self._inflight: list[UsageRecord] = []  # the queued batch being written, spilled if cancelled
         self._flush_waiters: list[asyncio.Future[None]] = []  # flush() calls the writer has yet to serve
         self._writer: asyncio.Task[None] | None = None
+        self._waiting: set[asyncio.Task[None]] = set()  # records waiting for room (block policy)
         self._closed = False  # submits go to the spill file
         self._stopping = False  # the writer drains and ends
         self._close_lock = asyncio.Lock()
@@ -135,8 +136,40 @@ class Recorder:
     # -- the request path ------------------------------------------------------------------
 
     def submit(self, record: UsageRecord) -> None:
-        """Queue ``record``; spill it if the queue is full or the recorder closed. Never blocks."""
+        """Queue ``record``; never blocks the caller.
+
+        When the queue is full: under the "spill" policy (or once closed) the record is spilled at
+        once; under "block" it waits in a task of its own up to block_seconds for room, then spills.
+        """
         self.counters.submitted += 1
+        if len(self._queue) >= self._settings.queue_size and self._blocks():
+            waiting = asyncio.get_running_loop().create_task(self._queue_when_room(record))
+            self._waiting.add(waiting)
+            waiting.add_done_callback(self._waiting.discard)
+            return
+        self._queue_or_spill(record)
+
+    async def submit_wait(self, record: UsageRecord) -> None:
+        """Like ``submit``, but the caller itself waits (up to block_seconds) for room."""
+        self.counters.submitted += 1
+        await self._queue_when_room(record)
+
+    def _blocks(self) -> bool:
+        return self._settings.full_policy == "block" and not self._closed
+
+    async def _queue_when_room(self, record: UsageRecord) -> None:
+        queue, size = self._queue, self._settings.queue_size
+        if self._blocks() and len(queue) >= size:
+            try:
+                async with asyncio.timeout(self._settings.block_seconds):
+                    while len(queue) >= size and not self._closed:
+                        self._room.clear()
+                        await self._room.wait()
+            except TimeoutError:
+                pass  # still full: spilled below
+        self._queue_or_spill(record)
+
+    def _queue_or_spill(self, record: UsageRecord) -> None:
         queue = self._queue
         if self._closed or len(queue) >= self._settings.queue_size:
             self._spill([record])
@@ -144,19 +177,6 @@ class Recorder:
         queue.append(record)
         if len(queue) >= self._settings.batch_size:
             self._wake.set()
-
-    async def submit_wait(self, record: UsageRecord) -> None:
-        """Like ``submit``, but under the "block" policy a full queue is given block_seconds to free room."""
-        queue, size = self._queue, self._settings.queue_size
-        if self._settings.full_policy == "block" and not self._closed and len(queue) >= size:
-            try:
-                async with asyncio.timeout(self._settings.block_seconds):
-                    while len(queue) >= size and not self._closed:
-                        self._room.clear()
-                        await self._room.wait()
-            except TimeoutError:
-                pass  # submit spills it
-        self.submit(record)
 
     async def flush(self) -> None:
         """Return once everything queued before the call was written (or spilled, the ledger being down).
@@ -371,6 +391,8 @@ class Recorder:
     async def _shut_down(self) -> DrainReport:
         self._closed = True
         self._room.set()  # blocked submit_wait calls spill now
+        if self._waiting:
+            await asyncio.wait(set(self._waiting))
         counters = self.counters
         before = (counters.written, counters.spilled, counters.replayed, counters.lost)
         self._stopping = True

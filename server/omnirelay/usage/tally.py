@@ -91,11 +91,7 @@ class Tally:
         record_id: str,
         request_id: str,
         requested_model: str,
-        *,
         streamed: bool,
-        project: str = "",
-        user: str = "",
-        tags: tuple[tuple[str, str], ...] = (),
         trace_id: str = "",
     ) -> None:
         self._sink = sink
@@ -103,10 +99,11 @@ class Tally:
         self.request_id = request_id
         self.requested_model = requested_model
         self.streamed = streamed
-        self.project = project
-        self.user = user
-        self.tags = tags
         self.trace_id = trace_id
+        # Caller attribution, set by the usage layer when the request carries one.
+        self.project = ""
+        self.user = ""
+        self.tags: tuple[tuple[str, str], ...] = ()
         self.started_wall = time.time()
         self.started = time.perf_counter()
         self.status_code = 0
@@ -353,7 +350,7 @@ class _NullTally(Tally):
         pass
 
 
-NULL_TALLY: Tally = _NullTally(lambda _: None, "", "", "", streamed=False)
+NULL_TALLY: Tally = _NullTally(lambda _: None, "", "", "", False)
 _current: ContextVar[Tally] = ContextVar("omnirelay_tally", default=NULL_TALLY)
 
 
