@@ -51,9 +51,9 @@ _INDEXES = (
 )
 
 # SQLite writes on the gateway's own core, and each index costs every insert about a microsecond:
-# the embedded ledger keeps the ones budgets and time-bounded reports need; other filters scan a
-# time range. PostgreSQL does its index work on its own server.
-_SQLITE_INDEXES = (*_INDEXES[:2], _INDEXES[3])
+# the embedded ledger keeps the time index only (reports and budget totals read a time range and
+# filter the rest as they scan). PostgreSQL does its index work on its own server.
+_SQLITE_INDEXES = _INDEXES[:1]
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(

@@ -50,6 +50,8 @@ _INSERT = (
 _EXPORT_CHUNK = 500
 # Rows inserted between yields to the event loop (about a millisecond of work).
 _WRITE_CHUNK = 100
+# Batches between WAL checkpoints (SQLite's own default is every 1000 pages, about 4 MB).
+_CHECKPOINT_EVERY = 8
 
 
 class SqliteLedger:
@@ -60,6 +62,7 @@ class SqliteLedger:
         self._busy_timeout = busy_timeout
         self._db: aiosqlite.Connection | None = None
         self._writer: sqlite3.Connection | None = None
+        self._since_checkpoint = 0
         self._closed = False
         self._lock = asyncio.Lock()
 
@@ -102,6 +105,7 @@ class SqliteLedger:
                     raise
             except _FAILURES as exc:
                 raise self._unavailable(exc) from exc
+            await self._checkpoint()
 
     def _writer_connection(self) -> sqlite3.Connection:
         """The loop thread's own connection for record batches (the file is migrated already)."""
@@ -110,8 +114,20 @@ class SqliteLedger:
             # commit, a few ms): waiting longer than this spills the batch instead.
             writer = sqlite3.connect(self.path, isolation_level=None, timeout=min(self._busy_timeout, 0.1))
             writer.execute("PRAGMA synchronous = NORMAL")
+            # Checkpoints copy the WAL into the database file, milliseconds of I/O: not on the event
+            # loop's thread. The read connection runs them in its own thread after writes instead.
+            writer.execute("PRAGMA wal_autocheckpoint = 0")
             self._writer = writer
         return self._writer
+
+    async def _checkpoint(self) -> None:
+        """Move the WAL into the database now and then (on aiosqlite's thread); never fails a write."""
+        self._since_checkpoint += 1
+        if self._since_checkpoint < _CHECKPOINT_EVERY or self._db is None:
+            return
+        self._since_checkpoint = 0
+        with contextlib.suppress(*_FAILURES):
+            await self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     async def records(self, query: UsageQuery) -> AsyncIterator[UsageRecord]:
         where, args = _where(query_filter(query))
