@@ -14,7 +14,7 @@ new version. Each runs once, inside the transaction that records it in
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,19 +191,23 @@ def _plain(r: UsageRecord) -> bool:
         return False
     a = r.attempts[0]
     return (
-        a.outcome == "success"
+        (a.usage is r.usage or a.usage == r.usage)
+        and a.outcome == "success"
         and a.model == r.resolved_model
         and a.provider == r.provider
         and a.deployment == r.deployment
-        and a.usage == r.usage
         and not a.detail
         and not a.upstream_request_id
         and not a.latency_seconds
     )
 
 
-def record_row(r: UsageRecord) -> tuple[Any, ...]:
-    """One record as the values of RECORD_COLUMNS; ``tags`` and ``attempts`` as JSON text."""
+def record_row(r: UsageRecord, flag: Callable[[bool], Any] = bool) -> tuple[Any, ...]:
+    """One record as the values of RECORD_COLUMNS; ``tags`` and ``attempts`` as JSON text.
+
+    ``flag`` renders the booleans: SQLite gets ints, because its driver tries to adapt a bool
+    (a subclass of int) through the adapter protocol, two failed attribute lookups per value.
+    """
     u = r.usage
     return (
         r.record_id,
@@ -219,8 +223,8 @@ def record_row(r: UsageRecord) -> tuple[Any, ...]:
         r.deployment,
         r.status_code,
         r.operation,
-        r.streamed,
-        r.fallback_used,
+        flag(r.streamed),
+        flag(r.fallback_used),
         r.cache,
         len(r.attempts),
         r.latency_seconds,
@@ -230,7 +234,7 @@ def record_row(r: UsageRecord) -> tuple[Any, ...]:
         u.cached_input_tokens,
         u.cache_write_input_tokens,
         u.reasoning_tokens,
-        u.estimated,
+        flag(u.estimated),
         u.cost_micros,
         r.saved_cost_micros,
         r.price_table_version,

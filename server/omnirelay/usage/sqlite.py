@@ -95,7 +95,7 @@ class SqliteLedger:
                         if start:
                             await asyncio.sleep(0)
                         writer.executemany(
-                            _INSERT, [record_row(r) for r in records[start : start + _WRITE_CHUNK]]
+                            _INSERT, [record_row(r, int) for r in records[start : start + _WRITE_CHUNK]]
                         )
                     writer.execute("COMMIT")
                 except BaseException:

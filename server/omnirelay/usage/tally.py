@@ -13,7 +13,7 @@ flight still gets the flight's upstream cost on its record.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 
 from omnirelay.domain import (
@@ -32,6 +32,7 @@ from omnirelay.usage.pricing import Price, with_cost
 from omnirelay.usage.records import NO_USAGE, BilledAttempt, UsageRecord
 
 _NO_USAGE = NO_USAGE
+_ANSWERED = frozenset(("hit", "coalesced"))
 # Delivered text is folded into a token count every this many pieces: the count stays close to
 # what one pass over the whole text gives, and a long stream holds only a few strings.
 _FOLD = 64
@@ -116,8 +117,8 @@ class Tally:
         self.fallback_used = False
         self.admission: object | None = None  # the budget admission to settle (the usage layer's)
         # The router's attempt records (failed ones), and what each of them billed, by index.
-        self.trail_records: list[AttemptRecord] = []
-        self._billed: dict[int, TokenUsage] = {}
+        self.trail_records: Sequence[AttemptRecord] = ()  # the router's list, once it routes
+        self._billed: dict[int, TokenUsage] | None = None  # made by the first bill_failed
         self._extra: BilledAttempt | None = None  # an attempt the caller's leaving cut short
         self._holds = 1  # the call itself; a cache flight it leads holds it too
         self._done = False
@@ -126,6 +127,8 @@ class Tally:
 
     def bill_failed(self, index: int, usage: TokenUsage) -> None:
         """Tokens an attempt that failed after delivering output consumed (``trail_records[index]``)."""
+        if self._billed is None:
+            self._billed = {}
         self._billed[index] = usage
 
     def served(self, route: RouteInfo, usage: TokenUsage) -> TokenUsage:
@@ -228,8 +231,9 @@ class Tally:
     def _attempts(self, answered: bool) -> tuple[tuple[BilledAttempt, ...], TokenUsage]:
         attempts: list[BilledAttempt] = []
         total = _NO_USAGE
+        bills = self._billed or {}
         for i, r in enumerate(self.trail_records):
-            billed = self._billed.get(i, _NO_USAGE)
+            billed = bills.get(i, _NO_USAGE)
             total = add(total, billed)
             attempts.append(_billed_attempt(r, billed))
         if answered:
@@ -256,7 +260,7 @@ class Tally:
 
     @property
     def cache_answered(self) -> bool:
-        return self.cache in ("hit", "coalesced")
+        return self.cache in _ANSWERED
 
 
 def _billed_attempt(r: AttemptRecord, usage: TokenUsage) -> BilledAttempt:
