@@ -39,7 +39,8 @@ CAPABILITIES = {
 
 def duration(seconds: float) -> duration_pb2.Duration:
     whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=int((seconds - whole) * 1e9))
+    # Rounded: 0.003 s is 2999999.9999 ns as a float and must read back as 3 ms.
+    return duration_pb2.Duration(seconds=whole, nanos=min(round((seconds - whole) * 1e9), 999_999_999))
 
 
 def usage(u: d.TokenUsage) -> types_pb2.Usage:

@@ -11,10 +11,11 @@ import math
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import duration_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 from grpc import aio
 
 from omnirelay.errors import FieldViolation, InvalidArgumentError, NotFoundError, UnavailableError
+from omnirelay.services import render
 from omnirelay.usage.forecast import DailySpend, forecast
 from omnirelay.usage.ledger import BudgetScope, BudgetSpec, LedgerUnavailableError, UsageQuery
 from omnirelay.usage.query import Aggregator, Dimension, Group, Percentiles
@@ -285,26 +286,9 @@ def _seconds(t: timestamp_pb2.Timestamp) -> float:
     return t.seconds + t.nanos / 1e9
 
 
-def _duration(seconds: float) -> duration_pb2.Duration:
-    whole = int(seconds)
-    return duration_pb2.Duration(seconds=whole, nanos=min(round((seconds - whole) * 1e9), 999_999_999))
-
-
-def _usage(u: Any) -> types_pb2.Usage:
-    return types_pb2.Usage(
-        input_tokens=u.input_tokens,
-        output_tokens=u.output_tokens,
-        cached_input_tokens=u.cached_input_tokens,
-        reasoning_tokens=u.reasoning_tokens,
-        cost_micros=u.cost_micros,
-        estimated=u.estimated,
-        cache_write_input_tokens=u.cache_write_input_tokens,
-    )
-
-
 def _percentiles(p: Percentiles) -> usage_pb2.DurationPercentiles:
     return usage_pb2.DurationPercentiles(
-        p50=_duration(p.p50), p95=_duration(p.p95), p99=_duration(p.p99), samples=p.samples
+        p50=render.duration(p.p50), p95=render.duration(p.p95), p99=render.duration(p.p99), samples=p.samples
     )
 
 
@@ -313,7 +297,7 @@ def _group(g: Group) -> usage_pb2.UsageGroup:
         keys=g.keys,
         calls=g.calls,
         failed_calls=g.failed_calls,
-        usage=_usage(g.usage),
+        usage=render.usage(g.usage),
         saved_cost_micros=g.saved_cost_micros,
         error_rate=g.error_rate,
         status_codes=dict(g.status_codes),
@@ -345,16 +329,16 @@ def record_proto(r: UsageRecord) -> usage_pb2.UsageRecord:
                     deployment=a.deployment,
                     outcome=_OUTCOMES.get(a.outcome, 0),  # type: ignore[arg-type]
                     detail=a.detail,
-                    latency=_duration(a.latency_seconds),
+                    latency=render.duration(a.latency_seconds),
                     upstream_request_id=a.upstream_request_id,
                 ),
-                usage=_usage(a.usage),
+                usage=render.usage(a.usage),
             )
             for a in r.attempts
         ],
-        usage=_usage(r.usage),
+        usage=render.usage(r.usage),
         price_table_version=r.price_table_version,
-        latency=_duration(r.latency_seconds),
+        latency=render.duration(r.latency_seconds),
         status_code=r.status_code,
         cache=_CACHE.get(r.cache, types_pb2.CACHE_OUTCOME_UNSPECIFIED),
         saved_cost_micros=r.saved_cost_micros,
@@ -363,5 +347,5 @@ def record_proto(r: UsageRecord) -> usage_pb2.UsageRecord:
     )
     _set_time(out.time, r.time)
     if r.ttft_seconds is not None:
-        out.time_to_first_token.CopyFrom(_duration(r.ttft_seconds))
+        out.time_to_first_token.CopyFrom(render.duration(r.ttft_seconds))
     return out
