@@ -137,6 +137,8 @@ class BudgetBook:
         """Swap in new definitions (SetBudget/DeleteBudget); spend of unchanged ids carries on."""
         validate(specs)
         self._specs = tuple(specs)
+        # Read on every call by the usage layer: an attribute, not a method call.
+        self.defined = bool(self._specs)
         # One assignment: a request running matching() sees the old set or the new, never half.
         self._compiled = tuple(_Compiled(spec, tuple(spec.scope.tags)) for spec in self._specs)
         ids = {spec.id for spec in self._specs}

@@ -55,7 +55,6 @@ class UsageLayer:
         self._catalog = catalog
         self.budgets = budgets
         self._settling: set[asyncio.Task[None]] = set()
-        self.records = 0  # records handed to the sink by this layer
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -69,7 +68,7 @@ class UsageLayer:
             tally = self._open(request, streamed=False)
             try:
                 # No budget defined (the common case): no admission step at all.
-                if budgets.specs():
+                if budgets.defined:
                     await self._admit(tally, request)
                 return await inner_complete(request, context)
             except BaseException as exc:
@@ -82,7 +81,7 @@ class UsageLayer:
             body = request.request
             tally = self._open(body, streamed=True)
             try:
-                if budgets.specs():
+                if budgets.defined:
                     await self._admit(tally, body)
                 await inner_stream(request, context)
             except BaseException as exc:
@@ -146,7 +145,6 @@ class UsageLayer:
         saved_price = self._prices.price(tally.model, tally.deployment) if tally.cache_answered else None
         record = tally.record(self._prices.version, time.perf_counter(), saved_price)
         self._sink.submit(record)
-        self.records += 1
         admission = tally.admission
         if admission is not None:
             task = asyncio.get_running_loop().create_task(self._settle(cast(Admission, admission), record))
