@@ -3,8 +3,8 @@
 A record is one row of scalar columns, which queries filter and sum on and the
 record is rebuilt from, plus ``attempts`` as JSON. Writing happens for every
 call, so the row is cheap to build: the common attempt list, one success that
-repeats the record's own route and usage, is stored as NULL and rebuilt from
-the columns; only fallbacks, failures and retries spell their attempts out.
+repeats the record's own route and usage, is stored as "" and rebuilt from the
+columns; only fallbacks, failures and retries spell their attempts out.
 
 Migrations are append-only: a released version is never edited, a change is a
 new version. Each runs once, inside the transaction that records it in
@@ -239,7 +239,8 @@ def record_row(r: UsageRecord, flag: Callable[[bool], Any] = bool) -> tuple[Any,
         r.saved_cost_micros,
         r.price_table_version,
         json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True) if r.tags else _NO_TAGS,
-        None if not r.attempts or _plain(r) else attempts_json(r.attempts),
+        # "" rather than NULL: binding None goes through the SQLite driver's adapter lookup.
+        "" if not r.attempts or _plain(r) else attempts_json(r.attempts),
     )
 
 
@@ -287,7 +288,7 @@ def record_from_row(row: Sequence[Any]) -> UsageRecord:
         int(cost_micros),
     )
     tag_map = json.loads(tags) if isinstance(tags, str) else dict(tags or {})
-    if attempts is not None:
+    if attempts:
         billed = attempts_from_json(attempts)
     elif attempt_count:
         billed = (BilledAttempt(resolved_model, provider, deployment, "success", usage=usage),)
