@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ _SERVING = re.compile(r"omnirelay serving on (\S+):(\d+) profile=(\w+)")
 
 def env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OMNIRELAY_")}
-    return {**clean, **(extra or {})}
+    # Each child keeps its usage ledger and spill file apart (a test may set its own): never the
+    # checkout's var/, where runs would pile up records and replay each other's spills.
+    scratch = tempfile.mkdtemp(prefix="omnirelay-usage-")
+    usage = {
+        "OMNIRELAY_USAGE__SQLITE_PATH": f"{scratch}/usage.db",
+        "OMNIRELAY_USAGE__SPILL_PATH": f"{scratch}/usage-spill.jsonl",
+    }
+    return {**clean, **usage, **(extra or {})}
 
 
 def run_cli(

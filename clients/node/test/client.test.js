@@ -27,8 +27,15 @@ function startServer() {
   assert.ok(fs.existsSync(BIN), `omnirelay binary not found at ${BIN} (set RELAY_SERVER_BIN)`);
   // The server reads every OMNIRELAY_* variable as a setting (and rejects unknown ones),
   // which is why the binary's path comes in RELAY_SERVER_BIN.
+  // Its usage ledger and spill file go to a directory of this run, not the working directory.
+  const scratch = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'omnirelay-node-'));
   server = spawn(BIN, ['serve', '--host', '127.0.0.1', '--port', '0', '--profile', 'development'], {
     stdio: ['ignore', 'pipe', 'pipe'],
+    env: {
+      ...process.env,
+      OMNIRELAY_USAGE__SQLITE_PATH: path.join(scratch, 'usage.db'),
+      OMNIRELAY_USAGE__SPILL_PATH: path.join(scratch, 'usage-spill.jsonl'),
+    },
   });
   serverExited = new Promise((resolve) => server.once('exit', (code, signal) => resolve({ code, signal })));
   server.stderr.setEncoding('utf8').on('data', (chunk) => { serverStderr += chunk; });
