@@ -3,7 +3,7 @@
 ``app.py`` builds one from settings; it starts with the server and is closed
 after the server stopped taking calls, so every call's record is in the queue
 by then. A ledger that cannot be reached at start is not fatal: records spill
-and are replayed once it answers (the ledger is opened again on each retry).
+and are replayed once it answers (a ledger opens itself again on its next use).
 """
 
 from __future__ import annotations
@@ -11,17 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from omnirelay.config.usage import BudgetSettings, UsageSettings
 from omnirelay.usage.alerts import AlertSink, FanOut, LogAlerts, WebhookAlerts
 from omnirelay.usage.budgets import BudgetBook
 from omnirelay.usage.counters import MemoryCounters, RedisCounters, SpendCounters
-from omnirelay.usage.ledger import BudgetScope, BudgetSpec, Ledger, LedgerUnavailableError, UsageQuery
+from omnirelay.usage.ledger import BudgetSpec, Ledger, LedgerUnavailableError
 from omnirelay.usage.postgres import PostgresLedger
 from omnirelay.usage.recorder import DrainReport, Recorder, RecorderSettings
-from omnirelay.usage.records import UsageRecord
 from omnirelay.usage.spill import SpillFile
 from omnirelay.usage.sqlite import SqliteLedger
 
@@ -34,61 +32,12 @@ def build_ledger(s: UsageSettings) -> Ledger:
     return SqliteLedger(s.sqlite_path)
 
 
-class OpeningLedger:
-    """A ledger that opens itself on first use and again after a failed open (it may be down at start)."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self.inner = ledger
-        self.name = ledger.name
-        self._opened = False
-        self._lock = asyncio.Lock()
-
-    async def ensure_open(self) -> None:
-        if self._opened:
-            return
-        async with self._lock:
-            if not self._opened:
-                await self.inner.open()
-                self._opened = True
-
-    async def write(self, records: Sequence[UsageRecord]) -> None:
-        await self.ensure_open()
-        await self.inner.write(records)
-
-    async def records(self, query: UsageQuery) -> AsyncIterator[UsageRecord]:
-        await self.ensure_open()
-        async for record in self.inner.records(query):
-            yield record
-
-    async def count(self, query: UsageQuery) -> int:
-        await self.ensure_open()
-        return await self.inner.count(query)
-
-    async def spend(self, scope: BudgetScope, since: float | None) -> int:
-        await self.ensure_open()
-        return await self.inner.spend(scope, since)
-
-    async def budgets(self) -> list[BudgetSpec]:
-        await self.ensure_open()
-        return await self.inner.budgets()
-
-    async def put_budget(self, budget: BudgetSpec) -> None:
-        await self.ensure_open()
-        await self.inner.put_budget(budget)
-
-    async def delete_budget(self, budget_id: str) -> BudgetSpec | None:
-        await self.ensure_open()
-        return await self.inner.delete_budget(budget_id)
-
-    async def close(self) -> None:
-        await self.inner.close()
-
-
 class UsageRuntime:
     def __init__(self, usage: UsageSettings, budgets: BudgetSettings, ledger: Ledger | None = None) -> None:
         self.settings = usage
         self.budget_settings = budgets
-        self.ledger = OpeningLedger(ledger if ledger is not None else build_ledger(usage))
+        # Both ledgers open (and migrate) on first use, and again after a failed open.
+        self.ledger = ledger if ledger is not None else build_ledger(usage)
         self.spill = SpillFile(Path(usage.spill_path), fsync=usage.spill_fsync)
         self.recorder = Recorder(
             self.ledger,
@@ -120,7 +69,7 @@ class UsageRuntime:
         # The spill file does not create its directory (a missing one must fail loudly in tests of it).
         Path(self.settings.spill_path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            await self.ledger.ensure_open()
+            await self.ledger.open()
         except LedgerUnavailableError as exc:
             log.warning(
                 "usage ledger %s unavailable at start (%s); records spill until it answers",
