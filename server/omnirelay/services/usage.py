@@ -18,7 +18,7 @@ from omnirelay.errors import FieldViolation, InvalidArgumentError, NotFoundError
 from omnirelay.services import render
 from omnirelay.usage.forecast import DailySpend, forecast
 from omnirelay.usage.ledger import BudgetScope, BudgetSpec, LedgerUnavailableError, UsageQuery
-from omnirelay.usage.query import Aggregator, Dimension, Group, Percentiles
+from omnirelay.usage.query import Dimension, Group, Percentiles, aggregate
 from omnirelay.usage.records import UsageRecord
 from omnirelay.usage.runtime import UsageRuntime
 from omnirelay_client.v1 import types_pb2, usage_pb2, usage_pb2_grpc
@@ -91,10 +91,7 @@ class UsageService(usage_pb2_grpc.UsageServiceServicer):
                 bad.append(FieldViolation("page_token", "not a token from a previous response"))
         if bad:
             raise InvalidArgumentError(bad)
-        aggregator = Aggregator(group_by, request.group_by_tag)
-        async for record in _records(self._runtime, query):
-            aggregator.add(record)
-        groups = aggregator.groups()
+        groups = await aggregate(_records(self._runtime, query), group_by, request.group_by_tag)
         size = min(request.page_size or MAX_PAGE, MAX_PAGE)
         page = groups[offset : offset + size]
         more = offset + size < len(groups)
