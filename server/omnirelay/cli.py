@@ -241,9 +241,9 @@ def _models(args: argparse.Namespace) -> int:
         )
         for m in models
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *sorted(rows)]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    from omnirelay.cli_usage import print_table
+
+    print_table(header, sorted(rows))
     return 0
 
 

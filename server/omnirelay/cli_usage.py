@@ -36,6 +36,13 @@ _SINCE = re.compile(r"^(\d+)([mhdw])$")
 _UNIT = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Left-aligned columns two spaces apart, each as wide as its widest cell."""
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
 def add_commands(sub: Any) -> None:
     usage = sub.add_parser("usage", help="a running gateway's usage: a summary table, or export the records")
     usage.add_argument("action", nargs="?", choices=("summary", "export"), default="summary")
@@ -189,9 +196,7 @@ def _summary(by: Sequence[str], groups: Iterable[Any]) -> None:
     if not rows:
         print("no usage recorded for this filter")
         return
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print_table(header, rows)
 
 
 _CSV_FIELDS = (
@@ -348,6 +353,4 @@ def _price_table(version: str, rows: list[dict[str, object]]) -> None:
         )
         for r in rows
     ]
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    for line in [header, *lines]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+    print_table(header, lines)
