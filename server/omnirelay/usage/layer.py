@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
 import grpc
@@ -31,7 +32,7 @@ from omnirelay.usage.budgets import Admission, BudgetBook
 from omnirelay.usage.pricing import PriceTable
 from omnirelay.usage.records import UsageRecord
 from omnirelay.usage.tally import Tally, make_current
-from omnirelay_client.v1 import completion_pb2, stream_pb2
+from omnirelay_client.v1 import completion_pb2
 
 log = logging.getLogger("omnirelay.usage")
 Context = aio.ServicerContext[Any, Any]
@@ -40,6 +41,9 @@ _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
 # Reserve mode, for a request that sets no max_tokens and a model that states no limit.
 _DEFAULT_MAX_OUTPUT = 4096
+
+
+Handler = Callable[[Any, Context], Awaitable[Any]]
 
 
 class RecordSink(Protocol):
@@ -60,38 +64,28 @@ class UsageLayer:
 
     def guard(self, completion: Any, stream: Any) -> None:
         """Wrap ``completion.Complete`` and ``stream.StreamComplete`` (instance attributes win)."""
-        inner_complete = completion.Complete
-        inner_stream = stream.StreamComplete
+        completion.Complete = self._wrap(completion.Complete, streamed=False)
+        stream.StreamComplete = self._wrap(stream.StreamComplete, streamed=True)
+
+    def _wrap(self, inner: Handler, *, streamed: bool) -> Handler:
         budgets = self.budgets
 
-        async def complete(request: completion_pb2.CompleteRequest, context: Context) -> Any:
-            tally = self._open(request, streamed=False)
+        async def handler(request: Any, context: Context) -> Any:
+            # A StreamComplete request holds the CompleteRequest the usage is about.
+            body = request.request if streamed else request
+            tally = self._open(body, streamed=streamed)
             try:
                 # No budget defined (the common case): no admission step at all.
                 if budgets.defined:
-                    await self._admit(tally, request)
-                return await inner_complete(request, context)
-            except BaseException as exc:
-                tally.status_code = _status(exc, context)
-                raise
-            finally:
-                tally.release()
-
-        async def stream_complete(request: stream_pb2.StreamCompleteRequest, context: Context) -> None:
-            body = request.request
-            tally = self._open(body, streamed=True)
-            try:
-                if budgets.defined:
                     await self._admit(tally, body)
-                await inner_stream(request, context)
+                return await inner(request, context)
             except BaseException as exc:
                 tally.status_code = _status(exc, context)
                 raise
             finally:
                 tally.release()
 
-        completion.Complete = complete
-        stream.StreamComplete = stream_complete
+        return handler
 
     def _open(self, request: completion_pb2.CompleteRequest, *, streamed: bool) -> Tally:
         tally = Tally(
