@@ -362,3 +362,27 @@ async def test_a_leader_that_leaves_still_pays_for_the_flight_its_followers_use(
     assert [a.outcome for a in left.attempts] == ["success"]
     assert left.usage.cost_micros == expected_cost(answer.usage.input_tokens, answer.usage.output_tokens) > 0
     assert by_cache["coalesced"].usage.cost_micros == 0
+
+
+async def test_coalesced_streams_record_the_answers_tokens_and_the_cost_saved(
+    start_server: StartServer, settings: Settings
+) -> None:
+    app, channel = await start_server(priced_local(settings, ttft_ms=200.0))
+    stub = stream_pb2_grpc.StreamCompletionServiceStub(channel)
+
+    async def one() -> list[stream_pb2.StreamCompleteResponse]:
+        return [e async for e in stub.StreamComplete(stream_request(PROMPT, temperature=0.0))]
+
+    answers = await asyncio.gather(*(one() for _ in range(5)))
+    (usage,) = {e.usage.output_tokens for a in answers for e in a if e.HasField("usage")}
+    records = await records_of(app)
+    assert len(records) == 5
+    (paid,) = [r for r in records if r.cache == "miss"]
+    followers = [r for r in records if r.cache == "coalesced"]
+    assert len(followers) == 4
+    assert paid.usage.cost_micros == expected_cost(paid.usage.input_tokens, paid.usage.output_tokens) > 0
+    for f in followers:
+        assert f.streamed
+        assert f.usage.cost_micros == 0
+        assert f.usage.output_tokens == paid.usage.output_tokens == usage
+        assert f.saved_cost_micros == paid.usage.cost_micros

@@ -366,12 +366,9 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
 async def _follow_stream(
     flight: Flight[stream_pb2.StreamCompleteResponse], outcome: int, rid: str, context: Context
 ) -> None:
-    usage = types_pb2.Usage()
     async with contextlib.aclosing(flight.follow()) as events:
         async for event in events:
-            if event.HasField("usage"):
-                usage = event.usage
-            await _write_followed(event, outcome, rid, context, usage)
+            await _write_followed(event, outcome, rid, context, flight)
 
 
 def _tally_answer(outcome: str, route: types_pb2.RouteFacts, usage: types_pb2.Usage) -> None:
@@ -397,7 +394,7 @@ async def _write_followed(
     outcome: int,
     rid: str,
     context: Context,
-    usage: types_pb2.Usage,
+    flight: Flight[stream_pb2.StreamCompleteResponse],
 ) -> None:
     if outcome == types_pb2.CACHE_OUTCOME_COALESCED and event.HasField("usage") and event.usage.cost_micros:
         free = stream_pb2.StreamCompleteResponse()
@@ -414,6 +411,8 @@ async def _write_followed(
     own.done.route.cache = outcome  # type: ignore[assignment]
     own.done.route.request_id = rid
     if outcome == types_pb2.CACHE_OUTCOME_COALESCED:
+        # Looked up once, at the end, rather than watched for on every event.
+        usage = next((e.usage for e in reversed(flight.items) if e.HasField("usage")), types_pb2.Usage())
         _tally_answer("coalesced", own.done.route, usage)
     context.set_trailing_metadata(_metadata(own.done.route))
     await context.write(own)
