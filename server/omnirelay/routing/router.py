@@ -269,11 +269,13 @@ class Router:
                         await chunks.aclose()
                     target.breaker.succeeded()
                     done = trail.route(plan, cand, started, attempt_started, ttft)
-                    if meter.reported is None:
+                    billed = meter.reported
+                    if billed is None:
                         # The provider never said what the stream used: the caller still gets a
                         # usage event, an estimate from what was delivered, and says so.
-                        yield UsageChunk(tally.combined(meter.estimate()))
-                    tally.served(done, meter.reported or meter.estimate())
+                        billed = meter.estimate()
+                        yield UsageChunk(tally.combined(billed))
+                    tally.served(done, billed)
                     yield StreamDone(done)
                     return
             raise _StopError(trail.exhausted(plan))
