@@ -18,8 +18,6 @@ from typing import Any, NamedTuple
 from omnirelay.domain import TokenUsage
 
 NO_USAGE = TokenUsage()
-# Record fields that name a call's route or outcome, by the names queries and exports use.
-CACHE_OUTCOMES = ("", "hit", "miss", "coalesced", "bypass", "refresh")
 
 
 class BilledAttempt(NamedTuple):
@@ -56,7 +54,7 @@ class UsageRecord(NamedTuple):
     price_table_version: str = ""
     latency_seconds: float = 0.0
     ttft_seconds: float | None = None
-    cache: str = ""  # one of CACHE_OUTCOMES
+    cache: str = ""  # "", hit, miss, coalesced, bypass or refresh
     saved_cost_micros: int = 0
     streamed: bool = False
     fallback_used: bool = False
@@ -66,10 +64,6 @@ class UsageRecord(NamedTuple):
     @property
     def failed(self) -> bool:
         return self.status_code != 0
-
-    @property
-    def tag_map(self) -> dict[str, str]:
-        return dict(self.tags)
 
     def to_json(self) -> str:
         return json.dumps(to_dict(self), separators=(",", ":"), sort_keys=True)
