@@ -319,7 +319,10 @@ async def test_one_record_per_call_under_500_concurrent_calls(
 async def test_records_survive_graceful_shutdown(start_server: StartServer, settings: Settings) -> None:
     """Shutdown writes every queued record: nothing is waiting for the next flush interval."""
     slow_flush = dataclasses.replace(
-        settings, usage=dataclasses.replace(settings.usage, flush_interval_seconds=60.0)
+        settings,
+        usage=dataclasses.replace(
+            settings.usage, recorder=dataclasses.replace(settings.usage.recorder, flush_interval_seconds=60.0)
+        ),
     )
     app, channel = await start_server(slow_flush)
     stub = completion_pb2_grpc.CompletionServiceStub(channel)

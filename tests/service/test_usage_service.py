@@ -732,7 +732,9 @@ async def test_query_usage_includes_calls_made_just_before(
     slow_flush = dataclasses.replace(
         settings,
         models={**settings.models, "local-small": small},
-        usage=dataclasses.replace(settings.usage, flush_interval_seconds=60.0),
+        usage=dataclasses.replace(
+            settings.usage, recorder=dataclasses.replace(settings.usage.recorder, flush_interval_seconds=60.0)
+        ),
     )
     app, channel = await start_server(slow_flush)
     unary = completion_pb2_grpc.CompletionServiceStub(channel)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from omnirelay.config.reader import Section
 from omnirelay.usage.ledger import BudgetScope, BudgetSpec
+from omnirelay.usage.recorder import FULL_POLICIES, RecorderSettings
 
 LEDGERS = ("sqlite", "postgres")
-FULL_POLICIES = ("block", "spill")
 COUNTER_BACKENDS = ("memory", "redis")
 PERIODS = ("day", "week", "month", "total")
 
@@ -26,14 +26,9 @@ class UsageSettings:
     # Where records wait while the ledger is unreachable (JSON lines), replayed when it returns.
     spill_path: str = "var/usage-spill.jsonl"
     spill_fsync: bool = False
-    queue_size: int = 10_000
-    batch_size: int = 500
-    flush_interval_seconds: float = 0.2
-    # When the queue is full: "block" waits up to block_seconds for room, then spills; "spill" at once.
-    full_policy: str = "block"
-    block_seconds: float = 0.05
-    retry_interval_seconds: float = 1.0
-    drain_timeout_seconds: float = 10.0
+    # Queue, batches, flush interval, full-queue policy, retry and drain bounds (read from the same
+    # [usage] table: queue_size, batch_size, flush_interval_seconds, full_policy, ...).
+    recorder: RecorderSettings = field(default_factory=RecorderSettings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +47,7 @@ class BudgetSettings:
 
 def usage_settings(s: Section) -> UsageSettings:
     d = UsageSettings()
+    r = d.recorder
     result = UsageSettings(
         enabled=s.get_bool("enabled", default=d.enabled),
         ledger=s.get_str("ledger", LEDGERS, default=d.ledger),
@@ -60,18 +56,22 @@ def usage_settings(s: Section) -> UsageSettings:
         postgres_schema=s.get_str("postgres_schema", default=d.postgres_schema),
         spill_path=s.get_str("spill_path", default=d.spill_path),
         spill_fsync=s.get_bool("spill_fsync", default=d.spill_fsync),
-        queue_size=s.get_int("queue_size", 1, 10_000_000, default=d.queue_size),
-        batch_size=s.get_int("batch_size", 1, 100_000, default=d.batch_size),
-        flush_interval_seconds=s.get_float(
-            "flush_interval_seconds", 0.001, 60.0, default=d.flush_interval_seconds
-        ),
-        full_policy=s.get_str("full_policy", FULL_POLICIES, default=d.full_policy),
-        block_seconds=s.get_float("block_seconds", 0.0, 60.0, default=d.block_seconds),
-        retry_interval_seconds=s.get_float(
-            "retry_interval_seconds", 0.01, 3600.0, default=d.retry_interval_seconds
-        ),
-        drain_timeout_seconds=s.get_float(
-            "drain_timeout_seconds", 0.0, 3600.0, default=d.drain_timeout_seconds
+        recorder=RecorderSettings(
+            queue_size=s.get_int("queue_size", 1, 10_000_000, default=r.queue_size),
+            batch_size=s.get_int("batch_size", 1, 100_000, default=r.batch_size),
+            flush_interval_seconds=s.get_float(
+                "flush_interval_seconds", 0.001, 60.0, default=r.flush_interval_seconds
+            ),
+            full_policy="spill"
+            if s.get_str("full_policy", FULL_POLICIES, default=r.full_policy) == "spill"
+            else "block",
+            block_seconds=s.get_float("block_seconds", 0.0, 60.0, default=r.block_seconds),
+            retry_interval_seconds=s.get_float(
+                "retry_interval_seconds", 0.01, 3600.0, default=r.retry_interval_seconds
+            ),
+            drain_timeout_seconds=s.get_float(
+                "drain_timeout_seconds", 0.0, 3600.0, default=r.drain_timeout_seconds
+            ),
         ),
     )
     if not result.postgres_dsn.startswith(("postgresql://", "postgres://")):

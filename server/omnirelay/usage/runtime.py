@@ -19,7 +19,7 @@ from omnirelay.usage.budgets import BudgetBook
 from omnirelay.usage.counters import MemoryCounters, RedisCounters, SpendCounters
 from omnirelay.usage.ledger import BudgetSpec, Ledger, LedgerUnavailableError
 from omnirelay.usage.postgres import PostgresLedger
-from omnirelay.usage.recorder import DrainReport, Recorder, RecorderSettings
+from omnirelay.usage.recorder import DrainReport, Recorder
 from omnirelay.usage.spill import SpillFile
 from omnirelay.usage.sqlite import SqliteLedger
 
@@ -39,19 +39,7 @@ class UsageRuntime:
         # Both ledgers open (and migrate) on first use, and again after a failed open.
         self.ledger = ledger if ledger is not None else build_ledger(usage)
         self.spill = SpillFile(Path(usage.spill_path), fsync=usage.spill_fsync)
-        self.recorder = Recorder(
-            self.ledger,
-            self.spill,
-            RecorderSettings(
-                queue_size=usage.queue_size,
-                batch_size=usage.batch_size,
-                flush_interval_seconds=usage.flush_interval_seconds,
-                full_policy="spill" if usage.full_policy == "spill" else "block",
-                block_seconds=usage.block_seconds,
-                retry_interval_seconds=usage.retry_interval_seconds,
-                drain_timeout_seconds=usage.drain_timeout_seconds,
-            ),
-        )
+        self.recorder = Recorder(self.ledger, self.spill, usage.recorder)
         self.counters: SpendCounters = (
             RedisCounters(budgets.redis_url, budgets.key_prefix)
             if budgets.counters == "redis"
