@@ -1,6 +1,6 @@
 """Configuration: dynaconf loading, profiles, validation into frozen dataclasses."""
 
-from omnirelay.config.loader import load_raw, load_settings, masked
+from omnirelay.config.loader import load_raw, load_settings, masked, secret_values
 from omnirelay.config.schema import (
     ConfigError,
     ConfigProblem,
@@ -22,4 +22,5 @@ __all__ = [
     "load_raw",
     "load_settings",
     "masked",
+    "secret_values",
 ]

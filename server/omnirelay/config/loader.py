@@ -16,6 +16,7 @@ reads the environment (typed values, ``__`` nesting).
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -99,7 +100,10 @@ def masked(raw: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of ``raw`` with every secret value replaced, for display."""
     out: dict[str, Any] = {}
     for key, value in raw.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and key.lower() == "headers":
+            # Extra headers (provider, OTLP exporter) are where ingest tokens and keys go.
+            out[key] = {name: MASK for name in value}
+        elif isinstance(value, Mapping):
             out[key] = masked(value)
         elif key.lower().endswith(SECRET_KEYS) and value:
             out[key] = MASK
@@ -113,3 +117,33 @@ def _lower_keys(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         out[str(key).lower()] = _lower_keys(value) if isinstance(value, Mapping) else value
     return out
+
+
+_SECRET_HEADER_WORDS = ("key", "token", "auth", "secret")
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret the settings hold, wherever it is configured."""
+    found: list[str] = []
+    for provider in settings.providers.values():
+        key = getattr(provider, "api_key", "")
+        if key:
+            found.append(key)
+        found.extend(
+            value
+            for name, value in getattr(provider, "headers", ())
+            if any(word in name.lower() for word in _SECRET_HEADER_WORDS)
+        )
+    found.extend(value for _, value in settings.tracing.headers)
+    if settings.budgets.webhook_secret:
+        found.append(settings.budgets.webhook_secret)
+    for url in (settings.cache.redis_url, settings.budgets.redis_url, settings.usage.postgres_dsn):
+        password = _url_password(url)
+        if password:
+            found.append(password)
+    return found
+
+
+def _url_password(url: str) -> str:
+    match = re.search(r"://[^/\s:@]*:([^/\s@]+)@", url)
+    return match.group(1) if match else ""

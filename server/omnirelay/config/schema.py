@@ -27,14 +27,20 @@ from omnirelay.config.routing import (
     retry_settings,
     routing_settings,
 )
+from omnirelay.config.telemetry import (
+    LoggingSettings,
+    MetricsSettings,
+    TracingSettings,
+    logging_settings,
+    metrics_settings,
+    tracing_settings,
+)
 from omnirelay.config.usage import BudgetSettings, UsageSettings, budget_settings, usage_settings
 from omnirelay.domain import Sampling
 
-__all__ = ["MISSING", "ConfigError", "ConfigProblem"]
+__all__ = ["MISSING", "ConfigError", "ConfigProblem", "LoggingSettings"]
 
 PROFILES = ("development", "staging", "production")
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-LOG_FORMATS = ("json", "text")
 CAPABILITIES = ("streaming", "tools", "json_mode", "json_schema", "vision", "reasoning", "embeddings")
 PROVIDER_KINDS = ("local", "openai", "azure", "anthropic", "gemini", "ollama")
 # OpenAI-compatible servers whose small differences the openai adapter knows.
@@ -66,12 +72,6 @@ class ServerSettings:
     keepalive_permit_without_calls: bool
     shutdown_drain_seconds: float
     shutdown_grace_seconds: float
-
-
-@dataclass(frozen=True, slots=True)
-class LoggingSettings:
-    level: str
-    format: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +148,8 @@ class Settings:
     cache: CacheSettings = field(default_factory=CacheSettings)
     usage: UsageSettings = field(default_factory=UsageSettings)
     budgets: BudgetSettings = field(default_factory=BudgetSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
 
 def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
@@ -157,7 +159,9 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
         problems.append(ConfigProblem("profile", profile, f"expected one of {', '.join(PROFILES)}"))
     top = Section(raw, "", problems)
     server = _server(top.section("server"))
-    logging = _logging(top.section("logging"))
+    logging = logging_settings(top.section("logging"))
+    tracing = tracing_settings(top.section("tracing"))
+    metrics = metrics_settings(top.section("metrics"))
     routing = routing_settings(top.section("routing"))
     resilience = resilience_settings(top.section("resilience"))
     cache = cache_settings(top.section("cache"))
@@ -192,6 +196,8 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
         cache,
         usage,
         budgets,
+        tracing,
+        metrics,
     )
 
 
@@ -208,12 +214,6 @@ def _server(s: Section) -> ServerSettings:
         shutdown_drain_seconds=s.get_float("shutdown_drain_seconds", 0.0, 600.0),
         shutdown_grace_seconds=s.get_float("shutdown_grace_seconds", 0.0, 3600.0),
     )
-    s.reject_unknown()
-    return result
-
-
-def _logging(s: Section) -> LoggingSettings:
-    result = LoggingSettings(level=s.get_str("level", LOG_LEVELS), format=s.get_str("format", LOG_FORMATS))
     s.reject_unknown()
     return result
 
