@@ -104,7 +104,7 @@ async def _messages(sim: Simulator, request: web.Request) -> web.StreamResponse:
     stream = body.get("stream") is True
     facts = _facts(body, stream, request.headers.get("x-sim-options", ""))
     plan = sim.plan(facts)
-    served = sim.record(FORMAT, plan, stream)
+    served = sim.record(FORMAT, plan, stream, traceparent=request.headers.get("traceparent", ""))
     stop = _stop_reason(plan, facts)
     try:
         early = await _fault(request, served, plan, stream)

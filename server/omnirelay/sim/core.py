@@ -147,6 +147,8 @@ class Served:
     # The last message of the request (role as the wire format names it: "model" for Gemini).
     last_role: str = ""
     last_message: str = ""
+    # The W3C trace context the request carried ("" when none), so tests see it reach upstream.
+    traceparent: str = ""
 
 
 def _row(s: Served) -> dict[str, Any]:
@@ -161,6 +163,7 @@ def _row(s: Served) -> dict[str, Any]:
         "disconnected": s.disconnected,
         "last_role": s.last_role,
         "last_message": s.last_message,
+        "traceparent": s.traceparent,
     }
 
 
@@ -252,7 +255,7 @@ class Simulator:
                 return ""
         return fault
 
-    def record(self, fmt: str, plan: Plan, stream: bool) -> Served:
+    def record(self, fmt: str, plan: Plan, stream: bool, traceparent: str = "") -> Served:
         served = Served(
             fmt,
             plan.model,
@@ -261,6 +264,7 @@ class Simulator:
             plan.request_id,
             last_role=plan.last_role,
             last_message=plan.last_message,
+            traceparent=traceparent,
         )
         self.served.append(served)
         return served

@@ -103,7 +103,7 @@ async def _generate(
     sim: Simulator, request: web.Request, model: str, body: dict[str, Any]
 ) -> web.StreamResponse:
     plan, candidates = _plan(sim, request, model, body, stream=False)
-    served = sim.record(FORMAT, plan, stream=False)
+    served = sim.record(FORMAT, plan, stream=False, traceparent=request.headers.get("traceparent", ""))
     await pause(request, served, plan.ttft)
     early = await _unary_fault(request, served, plan)
     if early is not None:
@@ -127,7 +127,7 @@ async def _stream(
 ) -> web.StreamResponse:
     sse = request.query.get("alt") == "sse"
     plan, candidates = _plan(sim, request, model, body, stream=True)
-    served = sim.record(FORMAT, plan, stream=True)
+    served = sim.record(FORMAT, plan, stream=True, traceparent=request.headers.get("traceparent", ""))
     await pause(request, served, plan.ttft)
     if plan.fault == "hang":
         await hang(request, served)
@@ -285,7 +285,7 @@ async def _embed_fault(
 ) -> web.StreamResponse | None:
     facts = PromptFacts(model, "\n".join(texts), options_header=request.headers.get("x-sim-options", ""))
     plan = sim.plan(facts)
-    served = sim.record(FORMAT, plan, stream=False)
+    served = sim.record(FORMAT, plan, stream=False, traceparent=request.headers.get("traceparent", ""))
     await pause(request, served, plan.ttft)
     early = await _unary_fault(request, served, plan)
     if early is None:

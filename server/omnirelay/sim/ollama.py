@@ -126,7 +126,7 @@ async def _chat(sim: Simulator, request: web.Request) -> web.StreamResponse:
     started = time.monotonic_ns()
     stream = body.get("stream", True) is not False
     plan = sim.plan(_facts(body, stream, request.headers.get("x-sim-options", "")))
-    served = sim.record(FORMAT, plan, stream)
+    served = sim.record(FORMAT, plan, stream, traceparent=request.headers.get("traceparent", ""))
     try:
         early = await _fault(request, served, plan, stream)
         if early is not None:
@@ -214,7 +214,7 @@ async def _embed(sim: Simulator, request: web.Request) -> web.StreamResponse:
         str(body["model"]), "\n".join(inputs), options_header=request.headers.get("x-sim-options", "")
     )
     plan = sim.plan(facts)
-    served = sim.record(FORMAT, plan, False)
+    served = sim.record(FORMAT, plan, False, traceparent=request.headers.get("traceparent", ""))
     try:
         early = await _fault(request, served, plan, False)
         if early is not None:

@@ -248,7 +248,9 @@ async def _chat(sim: Simulator, request: web.Request, azure: bool) -> web.Stream
     stream = body.get("stream") is True
     include_usage = stream and bool((body.get("stream_options") or {}).get("include_usage"))
     plan = sim.plan(_facts(body, model, stream, request.headers.get("x-sim-options", "")))
-    served = sim.record("azure" if azure else "openai", plan, stream)
+    served = sim.record(
+        "azure" if azure else "openai", plan, stream, traceparent=request.headers.get("traceparent", "")
+    )
     try:
         early = await _fault(request, served, plan, stream, azure)
         if early is not None:
@@ -585,7 +587,9 @@ async def _embeddings(sim: Simulator, request: web.Request, azure: bool) -> web.
         model=model, prompt="\n".join(inputs), options_header=request.headers.get("x-sim-options", "")
     )
     plan = sim.plan(facts)
-    served = sim.record("azure" if azure else "openai", plan, False)
+    served = sim.record(
+        "azure" if azure else "openai", plan, False, traceparent=request.headers.get("traceparent", "")
+    )
     try:
         if plan.fault in ("stream_error", "filter"):
             pass  # nothing streams, nothing is filtered: answer normally
