@@ -11,18 +11,20 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from omnirelay.cache.layer import CacheLayer
 from omnirelay.cache.stores import build_store
 from omnirelay.config.routing import BreakerSettings, RetrySettings
 from omnirelay.config.schema import Settings
 from omnirelay.gateway import Gateway
-from omnirelay.interceptors.edge import Edge, InFlight
+from omnirelay.interceptors.edge import Edge
 from omnirelay.providers.registry import ProviderRegistry
 from omnirelay.resilience.breaker import BreakerState
 from omnirelay.resilience.deadlines import DeadlineReaper
@@ -39,7 +41,13 @@ from omnirelay.services.health import HealthService
 from omnirelay.services.pending import BenchmarkService
 from omnirelay.services.stream import StreamCompletionService
 from omnirelay.services.usage import UsageService
-from omnirelay.usage.layer import UsageLayer
+from omnirelay.telemetry.admin import AdminServer
+from omnirelay.telemetry.logs import RequestLog
+from omnirelay.telemetry.metrics import GatewayMetrics, StateCollector
+from omnirelay.telemetry.redact import Pii
+from omnirelay.telemetry.spans import Upstream, genai_system
+from omnirelay.telemetry.tracing import Tracing
+from omnirelay.usage.layer import CallObserver, UsageLayer
 from omnirelay.usage.pricing import PriceTable, price_rows
 from omnirelay.usage.runtime import UsageRuntime
 from omnirelay_client.v1 import (
@@ -85,9 +93,12 @@ class App:
     usage: UsageRuntime
     usage_layer: UsageLayer
     prices: PriceTable
-    in_flight: InFlight
+    edge: Edge
     host: str
     port: int
+    tracing: Tracing | None = None
+    metrics: GatewayMetrics | None = None
+    admin: AdminServer | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -98,6 +109,8 @@ class App:
         # The ledger first: a call served before it is ready would still be recorded (queued),
         # but budgets must be loaded before the first admission.
         await self.usage.start()
+        if self.admin is not None:
+            await self.admin.start()
         await self.server.start()
         for name in ("", *SERVICE_NAMES):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -124,7 +137,7 @@ class App:
         log.info("health NOT_SERVING; draining for %.1fs", server_settings.shutdown_drain_seconds)
         if server_settings.shutdown_drain_seconds > 0:
             await asyncio.sleep(server_settings.shutdown_drain_seconds)
-        log.info("refusing new calls; %d in-flight calls have %.1fs to finish", self.in_flight.count, grace)
+        log.info("refusing new calls; %d in-flight calls have %.1fs to finish", self.edge.in_flight, grace)
         stopping = asyncio.ensure_future(self.server.stop(grace))
         self.health.close_watches()
         await stopping
@@ -141,6 +154,11 @@ class App:
             log.warning("%d budget settlements did not finish before shutdown", unsettled)
         await self.usage.close()
         await self.providers.aclose()
+        if self.tracing is not None:
+            # Every call has ended, so every span has ended: export them (bounded by the timeout).
+            self.tracing.shutdown()
+        if self.admin is not None:
+            await self.admin.stop()
         log.info("stopped")
 
 
@@ -149,12 +167,33 @@ def _service(module: Any, name: str) -> ServiceDescriptor:
     return descriptor
 
 
+def _upstreams(settings: Settings) -> dict[str, Upstream]:
+    """Each configured provider as spans name it: GenAI provider name, host and port."""
+    found: dict[str, Upstream] = {}
+    for name, p in settings.providers.items():
+        base_url = getattr(p, "base_url", "")
+        system = genai_system(p.kind, getattr(p, "flavor", ""))
+        if base_url:
+            parts = urlsplit(base_url)
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+            found[name] = Upstream(system, parts.hostname or "", port)
+        else:
+            found[name] = Upstream(system)
+    return found
+
+
 def build_app(
-    settings: Settings, *, host: str | None = None, port: int | None = None, reuse_port: bool = False
+    settings: Settings,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    reuse_port: bool = False,
+    span_exporter: SpanExporter | None = None,
 ) -> App:
     """Wire every object from settings. Call inside a running event loop (grpc.aio needs one).
 
     ``reuse_port`` is for ``serve --workers`` only: each worker binds the same port with SO_REUSEPORT.
+    ``span_exporter`` replaces the configured OTLP exporter (tests keep spans in memory).
     """
     s = settings.server
     providers = ProviderRegistry.from_settings(settings.providers)
@@ -171,7 +210,23 @@ def build_app(
     route_health = RouteHealth(
         lambda deployment: breaker_for(deployment.partition("/")[0]).reset_timeout_seconds
     )
-    pool = TargetPool(breaker_for, retry_for, route_health.on_change)
+    upstreams = _upstreams(settings)
+    metrics = (
+        GatewayMetrics(
+            _model_names(settings),
+            lambda p: upstreams[p].system if p in upstreams else p,
+            settings.metrics.max_projects,
+        )
+        if settings.metrics.enabled
+        else None
+    )
+
+    def breaker_changed(deployment: str, old: BreakerState, new: BreakerState) -> None:
+        route_health.on_change(deployment, old, new)
+        if metrics is not None:
+            metrics.breaker_changed(deployment, old, new)
+
+    pool = TargetPool(breaker_for, retry_for, breaker_changed)
     catalog = ModelCatalog(
         settings.models,
         settings.presets,
@@ -188,7 +243,13 @@ def build_app(
     gateway = Gateway(router, providers, reaper)
 
     edge = Edge()
+    personal = Pii(settings.logging.redact)
+    tracing = (
+        Tracing(settings.tracing, upstreams, personal, span_exporter) if settings.tracing.enabled else None
+    )
     server = aio.server(
+        # Tracing off: no interceptor at all, so an untraced call does no tracer work.
+        interceptors=[tracing.interceptor()] if tracing is not None else None,
         options=[
             ("grpc.max_receive_message_length", s.max_receive_message_bytes),
             ("grpc.max_send_message_length", s.max_send_message_bytes),
@@ -210,8 +271,21 @@ def build_app(
         cache.guard(completion, streaming)
     prices = PriceTable(price_rows(settings.models, settings.providers))
     usage = UsageRuntime(settings.usage, settings.budgets)
-    usage_layer = UsageLayer(usage.recorder, prices, catalog, usage.book)
-    if settings.usage.enabled:
+    observers: list[CallObserver] = []
+    if metrics is not None:
+        observers.append(metrics)
+    if settings.logging.requests:
+        observers.append(RequestLog(settings.logging.content, personal))
+    usage_layer = UsageLayer(
+        usage.recorder if settings.usage.enabled else None,
+        prices,
+        catalog,
+        usage.book,
+        observers,
+        tracing.spans if tracing is not None else None,
+        capture=settings.logging.content or (tracing is not None and settings.tracing.content),
+    )
+    if settings.usage.enabled or observers or tracing is not None:
         # Outside the cache: hits and coalesced calls are recorded and admitted like any other call.
         usage_layer.guard(completion, streaming)
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(
@@ -250,6 +324,18 @@ def build_app(
     if s.reflection:
         reflection.enable_server_reflection((*SERVICE_NAMES, HEALTH_SERVICE, reflection.SERVICE_NAME), server)
 
+    admin = None
+    if metrics is not None:
+        metrics.watch(
+            StateCollector(
+                edge.unary,
+                edge.streams,
+                pool.states,
+                usage.recorder.counters if settings.usage.enabled else None,
+                cache.counters if cache is not None else None,
+            )
+        )
+        admin = AdminServer(metrics.registry, settings.metrics.host, settings.metrics.port)
     bind_host = host if host is not None else s.host
     bind_port = port if port is not None else s.port
     bound = server.add_insecure_port(f"{bind_host}:{bind_port}")
@@ -266,7 +352,15 @@ def build_app(
         usage,
         usage_layer,
         prices,
-        edge.in_flight,
+        edge,
         bind_host,
         bound,
+        tracing,
+        metrics,
+        admin,
     )
+
+
+def _model_names(settings: Settings) -> set[str]:
+    """Names a metric label may carry: configured models and their aliases (the rest are "other")."""
+    return set(settings.models) | {a for m in settings.models.values() for a in m.aliases}

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from omnirelay.config import ConfigError, Settings, load_raw, load_settings, masked
+from omnirelay.config import ConfigError, Settings, load_raw, load_settings, masked, secret_values
 from omnirelay.config.schema import CAPABILITIES, build_settings
 from omnirelay.domain import Deployment
 
@@ -123,7 +123,7 @@ def _serve(args: argparse.Namespace) -> int:
         from omnirelay import workers
         from omnirelay.telemetry import logs
 
-        logs.configure(settings.logging)
+        logs.configure(settings.logging, secret_values(settings))
         host = args.host if args.host is not None else settings.server.host
         port = args.port if args.port is not None else settings.server.port
         return workers.supervise(settings, host, port, args.workers)
@@ -136,7 +136,7 @@ async def _run_server(
     from omnirelay.app import build_app
     from omnirelay.telemetry import logs
 
-    logs.configure(settings.logging)
+    logs.configure(settings.logging, secret_values(settings))
     try:
         # A supervised worker shares its port with its siblings; anything else must own its port.
         app = build_app(settings, host=host, port=port, reuse_port=supervised_fd is not None)

@@ -19,6 +19,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
@@ -131,7 +132,7 @@ class Supervisor:
     async def _keep_running(self, slot: int) -> None:
         """Run worker ``slot``; restart it when it dies, unless stopping or crashing too often."""
         while not self.stopping.is_set():
-            proc, lifeline = await self._spawn()
+            proc, lifeline = await self._spawn(slot)
             self.procs[slot] = proc
             if self.stopping.is_set():  # stopped while spawning: _stop_all did not see this one
                 _signal(proc, signal.SIGTERM)
@@ -166,8 +167,11 @@ class Supervisor:
         self.failed = True
         self.stopping.set()
 
-    async def _spawn(self) -> tuple[asyncio.subprocess.Process, socket.socket]:
+    async def _spawn(self, slot: int) -> tuple[asyncio.subprocess.Process, socket.socket]:
         ours, theirs = socket.socketpair()
+        # Each worker has its own metrics (Prometheus scrapes each as a target): port + slot.
+        metrics_port = self.settings.metrics.port
+        env = {**os.environ, "OMNIRELAY_METRICS__PORT": str(metrics_port + slot if metrics_port else 0)}
         argv = [sys.executable, "-m", "omnirelay", "serve", "--host", self.host, "--port", str(self.port)]
         argv += ["--profile", self.settings.profile, "--supervised-fd", str(theirs.fileno())]
         try:
@@ -177,6 +181,7 @@ class Supervisor:
                 # Only the parent decides when workers stop: a terminal's Ctrl-C reaches the
                 # parent alone, which then stops each worker once, gracefully.
                 start_new_session=True,
+                env=env,
                 # The parent's stdout carries exactly one line that tools parse.
                 stdout=sys.stderr.fileno(),
             )

@@ -22,6 +22,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
 
 from omnirelay.errors import OmniRelayError
+from omnirelay.providers.http import carry_trace
 
 log = logging.getLogger("omnirelay.edge")
 _request_id: ContextVar[str] = ContextVar("omnirelay_request_id", default="")
@@ -66,6 +67,8 @@ def _bind(context: aio.ServicerContext[Any, Any]) -> str:
                 except ValueError:
                     continue
                 _trace_id.set(parts[1].lower())
+                # Passed on upstream as it came; a traced call replaces it per attempt.
+                carry_trace({TRACEPARENT_HEADER: value})
     rid = rid or new_id()
     _request_id.set(rid)
     return rid
@@ -147,15 +150,20 @@ class Edge:
     """
 
     def __init__(self) -> None:
-        self.in_flight = InFlight()
+        self.unary = InFlight()
+        self.streams = InFlight()
+
+    @property
+    def in_flight(self) -> int:
+        return self.unary.count + self.streams.count
 
     def guard(self, servicer: _S, service: ServiceDescriptor) -> _S:
         for method in service.methods:
             behavior = getattr(servicer, method.name)
             if method.server_streaming:
-                wrapped = _wrap_stream(behavior, self.in_flight)
+                wrapped = _wrap_stream(behavior, self.streams)
             else:
-                wrapped = _wrap_unary(behavior, self.in_flight)
+                wrapped = _wrap_unary(behavior, self.unary)
             # An instance attribute shadows the class method the generated add_*_to_server reads.
             setattr(servicer, method.name, wrapped)
         return servicer

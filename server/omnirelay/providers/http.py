@@ -12,6 +12,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,15 @@ import httpx
 
 from omnirelay.config.schema import HttpProviderSettings
 from omnirelay.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeoutError
+
+# W3C trace context for the upstream request of the call being served: the attempt span's when
+# tracing is on, else the caller's own traceparent passed through; None when there is neither.
+_trace_headers: ContextVar[Mapping[str, str] | None] = ContextVar("omnirelay_upstream_trace", default=None)
+
+
+def carry_trace(headers: Mapping[str, str]) -> None:
+    """Send ``headers`` (traceparent, tracestate) with this call's upstream requests from now on."""
+    _trace_headers.set(headers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +76,7 @@ class HttpTransport:
         self, path: str, headers: Mapping[str, str] | None = None, params: Mapping[str, str] | None = None
     ) -> UpstreamResponse:
         """A bodiless GET (model listings), bounded and translated like ``post``."""
-        return await self._whole("GET", path, None, dict(headers or {}), params)
+        return await self._whole("GET", path, None, _plain(headers), params)
 
     async def _whole(
         self,
@@ -150,7 +160,15 @@ def _dumps(body: Mapping[str, Any]) -> bytes:
 
 
 def _json(headers: Mapping[str, str] | None) -> dict[str, str]:
-    return {"content-type": "application/json", **(headers or {})}
+    trace = _trace_headers.get()
+    if trace is None:
+        return {"content-type": "application/json", **(headers or {})}
+    return {"content-type": "application/json", **(headers or {}), **trace}
+
+
+def _plain(headers: Mapping[str, str] | None) -> dict[str, str]:
+    trace = _trace_headers.get()
+    return {**(headers or {}), **trace} if trace is not None else dict(headers or {})
 
 
 class HttpAdapter:

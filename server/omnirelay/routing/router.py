@@ -54,6 +54,8 @@ from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.routing.planner import Candidate, Plan
 from omnirelay.routing.strategies import Strategy
 from omnirelay.routing.trail import Trail
+from omnirelay.telemetry import spans
+from omnirelay.telemetry.spans import AttemptTrace, CallTrace
 from omnirelay.usage import tally as tallies
 from omnirelay.usage.pricing import with_cost
 from omnirelay.usage.tally import Meter, Tally
@@ -130,17 +132,21 @@ class Router:
     async def _complete(
         self, plan: Plan, trail: Trail, tally: Tally, started: float, deadline: float | None
     ) -> Completion:
+        trace = spans.current()
         for cand in plan.candidates():
             target = cand.target
             tries = 0
+            if trace is not None and trail.records:
+                _traced_fallback(trace, trail, cand)
             while True:
                 tries += 1
-                if not _admitted(cand, trail):
+                if not _admitted(cand, trail, trace):
                     break
                 stats = target.stats
                 stats.in_flight += 1
                 attempt_started = time.perf_counter()
                 trail.pending(cand, attempt_started)
+                span = trace.attempt(target.deployment, len(trail.records) + 1) if trace is not None else None
                 try:
                     limit = cand.entry.attempt_timeout_seconds
                     if limit is None:
@@ -149,12 +155,18 @@ class Router:
                         result = await _bounded(target.provider.complete(cand.call), limit, cand)
                 except UpstreamError as exc:
                     trail.failed(cand, exc, attempt_started)
+                    if span is not None:
+                        span.failed(failure_class(exc), exc.message)
                     delay = self._verdict(plan, cand, exc, tries, deadline)
                     if delay < 0:
                         break
+                    if trace is not None:
+                        trace.retry(target.deployment, len(trail.records) + 1, delay, failure_class(exc))
                     await asyncio.sleep(delay)
                     continue
                 except asyncio.CancelledError:
+                    if span is not None:
+                        span.failed("cancelled", "the caller left before the attempt finished")
                     # The prompt was sent and may have been processed: bill it, estimated.
                     tally.cut_short(
                         cand.entry.name, target.deployment, attempt_started, _prompt_estimate(cand)
@@ -168,9 +180,15 @@ class Router:
                 route = trail.route(
                     plan, cand, started, attempt_started, now - started, result.upstream_request_id
                 )
-                usage = tally.served(route, with_cost(result.usage, target.price))
+                billed = with_cost(result.usage, target.price)
+                usage = tally.served(route, billed)
                 if usage is not result.usage:
                     result = replace(result, usage=usage)
+                if span is not None:
+                    finishes = tuple(c.finish_reason.value for c in result.choices)
+                    span.succeeded(
+                        billed, target.deployment.provider_model, finishes, result.upstream_request_id
+                    )
                 return Completion(result, route)
         raise _StopError(trail.exhausted(plan))
 
@@ -194,13 +212,17 @@ class Router:
         delivered = _Delivered() if self._recover else None
         announced: RouteInfo | None = None  # the route the caller was last told about
         reason = ""
+        trace = spans.current()
+        span: AttemptTrace | None = None
         try:
             for cand in plan.candidates():
                 target = cand.target
                 tries = 0
+                if trace is not None and trail.records:
+                    _traced_fallback(trace, trail, cand)
                 while True:
                     tries += 1
-                    if not _admitted(cand, trail):
+                    if not _admitted(cand, trail, trace):
                         break
                     attempt_started = time.perf_counter()
                     route = trail.route(plan, cand, started, attempt_started, None)
@@ -216,6 +238,8 @@ class Router:
                         call = delivered.continuation(call)
                     stats = target.stats
                     stats.in_flight += 1
+                    if trace is not None:
+                        span = trace.attempt(target.deployment, len(trail.records) + 1)
                     chunks = target.provider.stream(call)
                     meter = Meter(call.request.messages, target.price, tally)
                     see = meter.see
@@ -243,6 +267,9 @@ class Router:
                     except UpstreamError as exc:
                         ended = True
                         trail.failed(cand, exc, attempt_started)
+                        if span is not None:
+                            span.failed(failure_class(exc), exc.message)
+                            span = None
                         if sent:
                             # Output reached the caller: the provider billed it, so does the ledger.
                             tally.bill_failed(len(trail.records) - 1, meter.estimate())
@@ -256,11 +283,17 @@ class Router:
                         delay = self._verdict(plan, cand, exc, tries, deadline)
                         if delay < 0:
                             break
+                        if trace is not None:
+                            trace.retry(target.deployment, len(trail.records) + 1, delay, failure_class(exc))
                         await asyncio.sleep(delay)
                         continue
                     finally:
                         stats.in_flight -= 1
+                        meter.close()
                         if not ended:
+                            if span is not None:
+                                span.failed("cancelled", "the caller left before the attempt finished")
+                                span = None
                             tally.cut_short(
                                 cand.entry.name, target.deployment, attempt_started, meter.estimate()
                             )
@@ -276,6 +309,10 @@ class Router:
                         billed = meter.estimate()
                         yield UsageChunk(tally.combined(billed))
                     tally.served(done, billed)
+                    if span is not None:
+                        tally.finish_reasons = meter.finishes
+                        span.succeeded(billed, target.deployment.provider_model, meter.finishes, "")
+                        span = None
                     yield StreamDone(done)
                     return
             raise _StopError(trail.exhausted(plan))
@@ -303,14 +340,22 @@ def _prompt_estimate(cand: Candidate) -> TokenUsage:
     return with_cost(usage, cand.target.price)
 
 
-def _admitted(cand: Candidate, trail: Trail) -> bool:
+def _admitted(cand: Candidate, trail: Trail, trace: CallTrace | None) -> bool:
     """Does the deployment's breaker let this attempt through? An open one is recorded, not called."""
     try:
         cand.target.breaker.admit()
     except CircuitOpenError:
         trail.circuit_open(cand)
+        if trace is not None:
+            trace.breaker_rejected(cand.target.deployment)
         return False
     return True
+
+
+def _traced_fallback(trace: CallTrace, trail: Trail, cand: Candidate) -> None:
+    previous = trail.records[-1].deployment.name
+    if previous != cand.target.deployment.name:
+        trace.fallback(previous, cand.target.deployment, cand.entry.name)
 
 
 class _StopError(Exception):

@@ -1,7 +1,11 @@
-"""Log setup: one JSON object per line in production, readable text in development.
+"""Logs: one JSON object per line in production, readable text in development, secrets masked.
 
-Every record carries the request id of the call it belongs to. Nothing logs
-per token: the hot path stays silent unless something goes wrong.
+Every line carries the request id of the call it belongs to, and every
+formatted line passes through the secret mask (configured keys, tokens and
+credential shapes), library and exception text included. Each completion call
+leaves one structured line on ``omnirelay.access`` (``RequestLog``), built from
+its usage record; prompts and completions appear in it only with content
+logging on, and then with personal data masked. Nothing logs per token.
 """
 
 from __future__ import annotations
@@ -10,9 +14,17 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from omnirelay.config.schema import LoggingSettings
+from omnirelay.config.telemetry import LoggingSettings
 from omnirelay.interceptors.edge import current_request_id
+from omnirelay.telemetry.redact import Secrets
+from omnirelay.telemetry.spans import retries, status_name
+from omnirelay.usage.records import UsageRecord
+
+ACCESS_LOGGER = "omnirelay.access"
+Redact = Callable[[str], str]
 
 
 class _RequestIdFilter(logging.Filter):
@@ -22,8 +34,12 @@ class _RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redact) -> None:
+        super().__init__()
+        self._redact = redact
+
     def format(self, record: logging.LogRecord) -> str:
-        entry = {
+        entry: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
@@ -33,24 +49,96 @@ class JsonFormatter(logging.Formatter):
         rid = getattr(record, "request_id", "")
         if rid:
             entry["request_id"] = rid
+        fields = getattr(record, "fields", None)
+        if fields:
+            entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        return self._redact(json.dumps(entry, ensure_ascii=False))
 
 
-def configure(settings: LoggingSettings) -> None:
+class TextFormatter(logging.Formatter):
+    def __init__(self, redact: Redact) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if fields:
+            line += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v not in ("", None))
+        return self._redact(line)
+
+
+def _text(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) and " " in value else str(value)
+
+
+def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
+    """Route every log line through one handler: the configured format, levels and secret mask."""
+    redact = Secrets(secrets)
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if settings.format == "json":
-        handler.setFormatter(JsonFormatter())
+        handler.setFormatter(JsonFormatter(redact))
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter(redact))
     root = logging.getLogger("omnirelay")
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     root.propagate = False
     # Libraries (asyncpg's reconnect warnings, grpc, httpx) log through the same handler, so every
-    # line has the configured format; only their warnings and worse.
+    # line has the configured format and mask; only their warnings and worse, unless ``levels``
+    # names them.
     libraries = logging.getLogger()
     libraries.handlers[:] = [handler]
     libraries.setLevel(logging.WARNING)
+    for name, level in settings.levels:
+        logging.getLogger(name).setLevel(level)
+    # The request lines follow the main level unless ``levels`` says otherwise; off means off.
+    access = logging.getLogger(ACCESS_LOGGER)
+    if not settings.requests:
+        access.setLevel(logging.CRITICAL + 1)
+
+
+class RequestLog:
+    """One structured line per completion call, from its usage record."""
+
+    def __init__(self, content: bool, mask_personal: Redact) -> None:
+        self._log = logging.getLogger(ACCESS_LOGGER)
+        self._content = content
+        self._mask = mask_personal
+
+    def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
+        log = self._log
+        if not log.isEnabledFor(logging.INFO):
+            return
+        usage = record.usage
+        fields: dict[str, Any] = {
+            "request_id": record.request_id,
+            "trace_id": record.trace_id,
+            "method": "StreamComplete" if record.streamed else "Complete",
+            "model": record.requested_model,
+            "resolved_model": record.resolved_model,
+            "provider": record.provider,
+            "deployment": record.deployment,
+            "status": status_name(record.status_code),
+            "latency_ms": round(record.latency_seconds * 1000, 3),
+            "ttft_ms": None if record.ttft_seconds is None else round(record.ttft_seconds * 1000, 3),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cached_input_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "tokens_estimated": usage.estimated,
+            "cost_micros": usage.cost_micros,
+            "cache": record.cache or "none",
+            "attempts": len(record.attempts),
+            "retries": retries(record),
+            "fallback": record.fallback_used,
+        }
+        if record.project:
+            fields["project"] = record.project
+        if self._content:
+            fields["prompt"] = self._mask(prompt)
+            fields["completion"] = self._mask(completion or "")
+        log.info("request", extra={"fields": fields})

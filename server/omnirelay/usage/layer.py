@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol, cast
 
 import grpc
@@ -28,6 +28,8 @@ from omnirelay.interceptors.edge import current_request_id, current_trace_id, ne
 from omnirelay.providers import tokenizer
 from omnirelay.routing.catalog import ModelCatalog
 from omnirelay.services import convert
+from omnirelay.telemetry import content
+from omnirelay.telemetry.spans import SpanSource
 from omnirelay.usage.budgets import Admission, BudgetBook
 from omnirelay.usage.pricing import PriceTable
 from omnirelay.usage.records import UsageRecord
@@ -50,14 +52,33 @@ class RecordSink(Protocol):
     def submit(self, record: UsageRecord) -> None: ...
 
 
+class CallObserver(Protocol):
+    """Told of every finished call (metrics, the request log); ``completion`` is None unless captured."""
+
+    def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None: ...
+
+
 class UsageLayer:
+    """``sink`` None: nothing is recorded (usage off) but observers and spans still see every call."""
+
     def __init__(
-        self, sink: RecordSink, prices: PriceTable, catalog: ModelCatalog, budgets: BudgetBook
+        self,
+        sink: RecordSink | None,
+        prices: PriceTable,
+        catalog: ModelCatalog,
+        budgets: BudgetBook,
+        observers: Sequence[CallObserver] = (),
+        spans: SpanSource | None = None,
+        capture: bool = False,
     ) -> None:
         self._sink = sink
         self._prices = prices
         self._catalog = catalog
         self.budgets = budgets
+        self._observers = tuple(observers)
+        self._spans = spans
+        # Prompts and completions are kept only when content logging or tracing asks for them.
+        self._capture = capture
         self._settling: set[asyncio.Task[None]] = set()
 
     # --- wiring ---------------------------------------------------------------------------
@@ -69,6 +90,8 @@ class UsageLayer:
 
     def _wrap(self, inner: Handler, *, streamed: bool) -> Handler:
         budgets = self.budgets
+        # A unary answer's finish reasons and text, for its span and content capture.
+        answer_facts = not streamed and (self._spans is not None or self._capture)
 
         async def handler(request: Any, context: Context) -> Any:
             # A StreamComplete request holds the CompleteRequest the usage is about.
@@ -78,7 +101,12 @@ class UsageLayer:
                 # No budget defined (the common case): no admission step at all.
                 if budgets.defined:
                     await self._admit(tally, body)
-                return await inner(request, context)
+                response = await inner(request, context)
+                if answer_facts:
+                    tally.finish_reasons = content.finish_reasons(response)
+                    if tally.output is not None:
+                        tally.output.append(content.response_text(response))
+                return response
             except BaseException as exc:
                 tally.status_code = _status(exc, context)
                 raise
@@ -100,6 +128,11 @@ class UsageLayer:
             if tags:
                 tally.tags = tuple(sorted(tags.items()))
         make_current(tally)
+        if self._spans is not None:
+            tally.trace = self._spans.begin(request, streamed)
+        if self._capture:
+            tally.output = []
+            tally.prompt = "\n".join(f"{role}: {text}" for role, text in content.prompt_messages(request))
         return tally
 
     # --- budgets --------------------------------------------------------------------------
@@ -138,12 +171,26 @@ class UsageLayer:
     def _finish(self, tally: Tally) -> None:
         saved_price = self._prices.price(tally.model, tally.deployment) if tally.cache_answered else None
         record = tally.record(self._prices.version, time.perf_counter(), saved_price)
-        self._sink.submit(record)
+        if self._sink is not None:
+            self._sink.submit(record)
+        if self._observers or tally.trace is not None:
+            self._tell(tally, record)
         admission = tally.admission
         if admission is not None:
             task = asyncio.get_running_loop().create_task(self._settle(cast(Admission, admission), record))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
+
+    def _tell(self, tally: Tally, record: UsageRecord) -> None:
+        completion = "".join(tally.output) if tally.output is not None else None
+        # Telemetry must never fail a call that has already been answered.
+        try:
+            for observer in self._observers:
+                observer.observe(record, tally.prompt, completion)
+            if tally.trace is not None:
+                tally.trace.end(record, tally.finish_reasons, completion)
+        except Exception:
+            log.exception("telemetry for request %s failed", record.request_id)
 
     async def _settle(self, admission: Admission, record: UsageRecord) -> None:
         try:

@@ -15,10 +15,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 from omnirelay.domain import (
     AttemptRecord,
     Deployment,
+    FinishChunk,
     Message,
     RouteInfo,
     StreamChunk,
@@ -30,6 +32,9 @@ from omnirelay.domain import (
 from omnirelay.providers import tokenizer
 from omnirelay.usage.pricing import Price, with_cost
 from omnirelay.usage.records import NO_USAGE, BilledAttempt, UsageRecord
+
+if TYPE_CHECKING:
+    from omnirelay.telemetry.spans import CallTrace
 
 _NO_USAGE = NO_USAGE
 _ANSWERED = frozenset(("hit", "coalesced"))
@@ -68,8 +73,11 @@ class Tally:
         "cache",
         "deployment",
         "fallback_used",
+        "finish_reasons",
         "model",
+        "output",
         "project",
+        "prompt",
         "provider",
         "record_id",
         "request_id",
@@ -79,6 +87,7 @@ class Tally:
         "status_code",
         "streamed",
         "tags",
+        "trace",
         "trace_id",
         "trail_records",
         "ttft",
@@ -122,6 +131,12 @@ class Tally:
         self._extra: BilledAttempt | None = None  # an attempt the caller's leaving cut short
         self._holds = 1  # the call itself; a cache flight it leads holds it too
         self._done = False
+        # Telemetry: the call's span (tracing on), how its choices finished, and its prompt and
+        # completion text (content logging or tracing on: ``output`` is then a list).
+        self.trace: CallTrace | None = None
+        self.finish_reasons: tuple[str, ...] = ()
+        self.prompt = ""
+        self.output: list[str] | None = None
 
     # --- the router ---------------------------------------------------------------------------
 
@@ -279,7 +294,7 @@ def _billed_attempt(r: AttemptRecord, usage: TokenUsage) -> BilledAttempt:
 class Meter:
     """What one streamed attempt delivered: its provider's usage report, or enough to estimate it."""
 
-    __slots__ = ("_messages", "_parts", "_price", "_tally", "_tokens", "reported")
+    __slots__ = ("_messages", "_output", "_parts", "_price", "_tally", "_tokens", "finishes", "reported")
 
     def __init__(self, messages: tuple[Message, ...], price: Price | None, tally: Tally) -> None:
         self._messages = messages
@@ -288,6 +303,9 @@ class Meter:
         self._parts: list[str] = []
         self._tokens = 0
         self.reported: TokenUsage | None = None
+        self.finishes: tuple[str, ...] = ()
+        # Content capture (off by default) keeps the delivered text; ``see`` stays the same.
+        self._output = tally.output
 
     def see(self, chunk: StreamChunk) -> StreamChunk:
         """Note a chunk on its way out; a usage report comes back with its cost filled in."""
@@ -308,11 +326,21 @@ class Meter:
         elif kind is ToolCallDelta:
             self._parts.append(chunk.name)  # type: ignore[union-attr]
             self._parts.append(chunk.arguments_delta)  # type: ignore[union-attr]
+        elif kind is FinishChunk:
+            self.finishes = (*self.finishes, chunk.reason.value)  # type: ignore[union-attr]
         return chunk
 
     def _fold(self) -> None:
+        if self._output is not None:
+            self._output.extend(self._parts)
         self._tokens += tokenizer.count_text(" ".join(self._parts))
         self._parts.clear()
+
+    def close(self) -> None:
+        """The attempt is over: captured content (if any) takes what was not folded yet."""
+        if self._output is not None:
+            self._output.extend(self._parts)
+            self._output = None  # the parts stay: an estimate may still count them
 
     def estimate(self) -> TokenUsage:
         """The attempt's tokens when the provider never reported them: prompt and delivered output."""

@@ -1,0 +1,328 @@
+"""Prometheus metrics: the GenAI client histograms and the gateway's own counters and gauges.
+
+Per call the work is one ``observe`` of the finished usage record (the same
+record the ledger gets), on a label set looked up once per distinct route and
+status and then reused; nothing is counted per token. Values that other parts
+already keep (in-flight calls, breaker states, recorder and cache counters) are
+read only when Prometheus scrapes. Label values are bounded: models are the
+configured names (anything else is "other"), projects are capped at
+``max_projects`` distinct values, and no request or user id is ever a label.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import NamedTuple, Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from omnirelay.cache.layer import CacheCounters
+from omnirelay.resilience.breaker import BreakerState
+from omnirelay.telemetry.spans import retries, status_name
+from omnirelay.usage.recorder import RecorderCounters
+from omnirelay.usage.records import UsageRecord
+
+OTHER = "other"
+# Seconds, from a cache hit (a millisecond) to a long generation (ten minutes).
+DURATION_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    320.0,
+    600.0,
+)
+# Tokens per call: the GenAI semantic conventions' advisory boundaries (powers of 4).
+TOKEN_BUCKETS = tuple(float(4**i) for i in range(14))
+# Attempt outcomes that are not upstream errors.
+_NOT_ERRORS = frozenset(("success", "circuit_open", "cancelled"))
+_GENAI = (
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+)
+
+
+class InFlightCount(Protocol):
+    count: int
+
+
+class _Series(NamedTuple):
+    """One label set's children, bound once and reused for every call that has it."""
+
+    requests: Counter
+    duration: Histogram
+    ttft: Histogram
+    input_tokens: Histogram
+    output_tokens: Histogram
+
+
+class GatewayMetrics:
+    def __init__(
+        self, models: Collection[str], system_of: Callable[[str], str], max_projects: int = 100
+    ) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self._models = frozenset(models)
+        self._system_of = system_of
+        self._max_projects = max_projects
+        self._projects: set[str] = set()
+        self._series: dict[tuple[str, str, str, str, str, int], _Series] = {}
+        self.duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "GenAI operation duration, from the call's arrival to its end (gen_ai.client.operation.duration)",
+            (*_GENAI, "error_type"),
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "gen_ai_client_operation_time_to_first_chunk_seconds",
+            "Time to the first chunk of a streamed answer (gen_ai.client.operation.time_to_first_chunk)",
+            _GENAI,
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens used per call, by type (gen_ai.client.token.usage)",
+            (*_GENAI, "gen_ai_token_type"),
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.requests = Counter(
+            "omnirelay_requests",
+            "Completion calls by model, provider, deployment and final gRPC status",
+            ("method", "model", "provider", "deployment", "grpc_code"),
+            registry=r,
+        )
+        self.cost = Counter(
+            "omnirelay_cost_usd",
+            "Upstream cost in US dollars, by model and project",
+            ("model", "project"),
+            registry=r,
+        )
+        self.saved = Counter(
+            "omnirelay_cache_saved_usd",
+            "Upstream cost the cache saved, in US dollars",
+            ("model",),
+            registry=r,
+        )
+        self.cache = Counter(
+            "omnirelay_cache_requests",
+            "Completion calls by cache outcome (hit, miss, coalesced, bypass, refresh)",
+            ("model", "outcome"),
+            registry=r,
+        )
+        self.retries = Counter(
+            "omnirelay_retries",
+            "Upstream attempts that retried a deployment",
+            ("provider", "model"),
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "omnirelay_fallbacks",
+            "Calls served by another deployment or model than the first choice",
+            ("model",),
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "omnirelay_upstream_errors",
+            "Failed upstream attempts by provider and failure class",
+            ("provider", "class"),
+            registry=r,
+        )
+        self.breaker_rejections = Counter(
+            "omnirelay_breaker_rejections",
+            "Attempts not made because the deployment's circuit breaker was open",
+            ("deployment",),
+            registry=r,
+        )
+        self.breaker_transitions = Counter(
+            "omnirelay_breaker_transitions",
+            "Circuit breaker state changes",
+            ("deployment", "from_state", "to_state"),
+            registry=r,
+        )
+        ProcessCollector(registry=r)
+
+    # --- per call -------------------------------------------------------------------------
+
+    def observe(self, record: UsageRecord, prompt: str = "", completion: str | None = None) -> None:
+        """Count one finished call (a ``CallObserver``; content is never a label)."""
+        model = self._model(record.resolved_model or record.requested_model)
+        provider = record.provider or OTHER
+        code = record.status_code
+        key = (record.operation, provider, model, record.deployment, record.resolved_model, code)
+        series = self._series.get(key)
+        if series is None:
+            series = self._bind(record, model, provider)
+        series.requests.inc()
+        series.duration.observe(record.latency_seconds)
+        if record.ttft_seconds is not None and record.streamed:
+            series.ttft.observe(record.ttft_seconds)
+        usage = record.usage
+        if usage.input_tokens or usage.output_tokens:
+            series.input_tokens.observe(usage.input_tokens)
+            series.output_tokens.observe(usage.output_tokens)
+        if usage.cost_micros:
+            self.cost.labels(model, self._project(record.project)).inc(usage.cost_micros / 1e6)
+        if record.cache:
+            self.cache.labels(model, record.cache).inc()
+            if record.saved_cost_micros:
+                self.saved.labels(model).inc(record.saved_cost_micros / 1e6)
+        if len(record.attempts) > 1 or code:
+            self._attempts(record, model)
+
+    def _attempts(self, record: UsageRecord, model: str) -> None:
+        if record.fallback_used:
+            self.fallbacks.labels(model).inc()
+        count = retries(record)
+        if count:
+            self.retries.labels(record.provider or OTHER, model).inc(count)
+        for a in record.attempts:
+            if a.outcome == "circuit_open":
+                self.breaker_rejections.labels(a.deployment).inc()
+            elif a.outcome not in _NOT_ERRORS:
+                self.upstream_errors.labels(a.provider, a.outcome).inc()
+
+    def _bind(self, record: UsageRecord, model: str, provider: str) -> _Series:
+        operation = "chat"
+        system = self._system_of(provider) if record.provider else OTHER
+        response_model = self._model(record.resolved_model) if record.resolved_model else OTHER
+        genai = (operation, system, self._model(record.requested_model), response_model)
+        error = status_name(record.status_code) if record.status_code else ""
+        method = "StreamComplete" if record.streamed else "Complete"
+        series = _Series(
+            self.requests.labels(
+                method, model, provider, record.deployment or OTHER, status_name(record.status_code)
+            ),
+            self.duration.labels(*genai, error),
+            self.ttft.labels(*genai),
+            self.tokens.labels(*genai, "input"),
+            self.tokens.labels(*genai, "output"),
+        )
+        key = (
+            record.operation,
+            provider,
+            model,
+            record.deployment,
+            record.resolved_model,
+            record.status_code,
+        )
+        self._series[key] = series
+        return series
+
+    def _model(self, name: str) -> str:
+        return name if name in self._models else OTHER
+
+    def _project(self, project: str) -> str:
+        if not project:
+            return ""
+        if project in self._projects:
+            return project
+        if len(self._projects) < self._max_projects:
+            self._projects.add(project)
+            return project
+        return OTHER
+
+    # --- events from elsewhere ------------------------------------------------------------
+
+    def breaker_changed(self, deployment: str, old: BreakerState, new: BreakerState) -> None:
+        self.breaker_transitions.labels(deployment, old.name.lower(), new.name.lower()).inc()
+
+    def watch(self, collector: Collector) -> None:
+        """Add a collector read at scrape time (state that other parts already keep)."""
+        self.registry.register(collector)
+
+
+class StateCollector(Collector):
+    """Gauges and counters read from live objects when Prometheus scrapes."""
+
+    def __init__(
+        self,
+        unary: InFlightCount,
+        streams: InFlightCount,
+        breakers: Callable[[], Iterable[tuple[str, BreakerState]]],
+        recorder: RecorderCounters | None,
+        cache: CacheCounters | None,
+    ) -> None:
+        self._unary = unary
+        self._streams = streams
+        self._breakers = breakers
+        self._recorder = recorder
+        self._cache = cache
+
+    def collect(self) -> Iterator[Metric]:
+        in_flight = GaugeMetricFamily(
+            "omnirelay_in_flight", "Calls being served, unary and streams", labels=("kind",)
+        )
+        in_flight.add_metric(("unary",), self._unary.count)
+        in_flight.add_metric(("stream",), self._streams.count)
+        yield in_flight
+        breaker = GaugeMetricFamily(
+            "omnirelay_breaker_state",
+            "Circuit breaker state per deployment (1 for the current state)",
+            labels=("deployment", "state"),
+        )
+        for deployment, state in self._breakers():
+            for each in BreakerState:
+                breaker.add_metric((deployment, each.name.lower()), 1.0 if each is state else 0.0)
+        yield breaker
+        if self._recorder is not None:
+            yield from _recorder_metrics(self._recorder)
+        if self._cache is not None:
+            yield from _cache_metrics(self._cache)
+
+
+def _recorder_metrics(c: RecorderCounters) -> Iterator[Metric]:
+    records = CounterMetricFamily(
+        "omnirelay_usage_records",
+        "Usage records by what became of them (queued = submitted to the recorder)",
+        labels=("state",),
+    )
+    for state, attribute in (
+        ("queued", "submitted"),
+        ("written", "written"),
+        ("spilled", "spilled"),
+        ("replayed", "replayed"),
+        ("lost", "lost"),
+    ):
+        records.add_metric((state,), float(getattr(c, attribute)))  # a field of RecorderCounters
+    yield records
+    yield GaugeMetricFamily(
+        "omnirelay_usage_queue_depth", "Usage records waiting to be written", value=c.queue_depth
+    )
+    yield GaugeMetricFamily(
+        "omnirelay_usage_ledger_up", "1 while the usage ledger takes writes", value=float(c.ledger_up)
+    )
+    yield CounterMetricFamily(
+        "omnirelay_usage_write_failures", "Failed ledger writes", value=float(c.write_failures)
+    )
+
+
+def _cache_metrics(c: CacheCounters) -> Iterator[Metric]:
+    yield CounterMetricFamily(
+        "omnirelay_cache_stored", "Answers written to the cache store", value=float(c.stored)
+    )
+    yield CounterMetricFamily(
+        "omnirelay_cache_backend_errors",
+        "Cache store operations that failed or timed out (the call went upstream)",
+        value=float(c.backend_errors),
+    )

@@ -1,0 +1,94 @@
+"""Masking: secrets out of every log line, personal data out of logged or traced content.
+
+``Secrets`` knows the configured secret values (provider keys, tokens, DSN and
+Redis passwords, exporter headers) and the shapes of credentials a caller or a
+library might print (``Bearer ...``, ``sk-...``); it is applied to each whole
+formatted log line, so library and exception text are covered too. ``Pii`` masks
+e-mail addresses, phone numbers and card numbers (Luhn-checked, so order numbers
+and timestamps survive) in prompts and completions when content logging is on.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+SECRET_MASK = "[REDACTED]"
+# Values shorter than this are not masked by value: "on" or "1" would mangle every line.
+_MIN_SECRET = 6
+_CREDENTIAL_SHAPES = (
+    r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+    r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{12,}",
+    r"\bAIza[0-9A-Za-z_-]{30,}",
+    # user:password@ in a URL (redis://:pw@host, postgresql://user:pw@host)
+    r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)",
+)
+
+
+class Secrets:
+    """Masks known secret values and credential shapes in text."""
+
+    def __init__(self, values: Iterable[str]) -> None:
+        known = sorted({v for v in values if len(v) >= _MIN_SECRET}, key=len, reverse=True)
+        parts = [re.escape(v) for v in known]
+        parts.extend(_CREDENTIAL_SHAPES)
+        self._pattern = re.compile("|".join(parts))
+
+    def __call__(self, text: str) -> str:
+        return self._pattern.sub(SECRET_MASK, text)
+
+
+_PII = {
+    "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
+    # 13-19 digits, optionally grouped by spaces or dashes; only Luhn-valid runs are masked.
+    "card": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
+    # International or national numbers with at least 8 digits, grouped by spaces, dots or dashes.
+    "phone": re.compile(
+        r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,4}(?!\w)"
+    ),
+}
+_MASKS = {"email": "[EMAIL]", "card": "[CARD]", "phone": "[PHONE]"}
+# Cards before phones: a card number also looks like a long phone number.
+_ORDER = ("email", "card", "phone")
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+class Pii:
+    """Masks the configured kinds of personal data (``email``, ``phone``, ``card``)."""
+
+    def __init__(self, kinds: Iterable[str]) -> None:
+        wanted = set(kinds)
+        self._steps = [(k, _PII[k]) for k in _ORDER if k in wanted]
+
+    def __call__(self, text: str) -> str:
+        for kind, pattern in self._steps:
+            if kind == "card":
+                text = pattern.sub(_mask_card, text)
+            elif kind == "phone":
+                text = pattern.sub(_mask_phone, text)
+            else:
+                text = pattern.sub(_MASKS[kind], text)
+        return text
+
+
+def _mask_card(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    return _MASKS["card"] if _luhn(digits) else match.group(0)
+
+
+def _mask_phone(match: re.Match[str]) -> str:
+    found = match.group(0)
+    digits = sum(ch.isdigit() for ch in found)
+    # Fewer than 8 digits is a number, a date or a version, not a phone number.
+    return _MASKS["phone"] if 8 <= digits <= 15 else found
