@@ -137,6 +137,7 @@ def usage_env(data_dir: Path, name: str) -> tuple[tuple[str, str], ...]:
     return (
         ("OMNIRELAY_USAGE__SQLITE_PATH", str(data_dir / f"{name}-usage.db")),
         ("OMNIRELAY_USAGE__SPILL_PATH", str(data_dir / f"{name}-usage-spill.jsonl")),
+        ("OMNIRELAY_METRICS__PORT", "0"),
     )
 
 

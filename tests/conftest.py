@@ -61,6 +61,8 @@ async def start_server() -> AsyncIterator[StartServer]:
     started: list[tuple[App, aio.Channel]] = []
 
     async def start(s: Settings) -> tuple[App, aio.Channel]:
+        # Each server's metrics listener on a free port too: tests run many servers.
+        s = dataclasses.replace(s, metrics=dataclasses.replace(s.metrics, port=0))
         app = build_app(s, host="127.0.0.1", port=0)
         await app.start()
         channel = aio.insecure_channel(app.address)

@@ -101,6 +101,7 @@ def calls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
             "OMNIRELAY_CONFIG": str(config),
             "OMNIRELAY_USAGE__SQLITE_PATH": str(directory / "usage.db"),
             "OMNIRELAY_USAGE__SPILL_PATH": str(directory / "usage-spill.jsonl"),
+            "OMNIRELAY_METRICS__PORT": "0",
             "OMNIRELAY_SERVER__SHUTDOWN_DRAIN_SECONDS": "0",
         },
     )

@@ -200,8 +200,8 @@ async def serving(env: Mapping[str, str]) -> AsyncIterator[Served]:
     finally:
         if served.process.poll() is None:
             served.process.kill()
-            _, stderr = await asyncio.to_thread(served.process.communicate)
-            print(f"omnirelay serve was killed; its stderr:\n{stderr}")
+            await asyncio.to_thread(served.stop, sig=None)
+            print(f"omnirelay serve was killed; its stderr:\n{served.stderr}")
 
 
 async def wait_exit(served: Served, *, signalled: signal.Signals | None = None) -> int:
@@ -212,6 +212,7 @@ def sqlite_env(directory: Path) -> dict[str, str]:
     return {
         "OMNIRELAY_USAGE__SQLITE_PATH": str(directory / "usage.db"),
         "OMNIRELAY_USAGE__SPILL_PATH": str(directory / "usage-spill.jsonl"),
+        "OMNIRELAY_METRICS__PORT": "0",
     }
 
 
@@ -394,6 +395,7 @@ async def test_postgres_outage_under_load_loses_no_record(
         "OMNIRELAY_USAGE__POSTGRES_DSN": f"postgresql://postgres@127.0.0.1:{proxy.port}/test",
         "OMNIRELAY_USAGE__POSTGRES_SCHEMA": pg_schema,
         "OMNIRELAY_USAGE__SPILL_PATH": str(spill),
+        "OMNIRELAY_METRICS__PORT": "0",
         "OMNIRELAY_USAGE__RETRY_INTERVAL_SECONDS": "0.2",
     }
     ledger_name = PostgresLedger(postgres_dsn, schema=pg_schema).application_name

@@ -35,6 +35,7 @@ function startServer() {
       ...process.env,
       OMNIRELAY_USAGE__SQLITE_PATH: path.join(scratch, 'usage.db'),
       OMNIRELAY_USAGE__SPILL_PATH: path.join(scratch, 'usage-spill.jsonl'),
+      OMNIRELAY_METRICS__PORT: '0',
     },
   });
   serverExited = new Promise((resolve) => server.once('exit', (code, signal) => resolve({ code, signal })));
