@@ -33,15 +33,27 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
+# One encoder for every line: json.dumps with options builds a new one per call.
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+
+
 class JsonFormatter(logging.Formatter):
     def __init__(self, redact: Redact) -> None:
         super().__init__()
         self._redact = redact
+        self._second = -1
+        self._stamp = ""
+
+    def _time(self, created: float, msecs: float) -> str:
+        second = int(created)
+        if second != self._second:  # lines come many per second: format the date once per second
+            self._second = second
+            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return f"{self._stamp}.{int(msecs):03d}Z"
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": self._time(record.created, record.msecs),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -54,7 +66,7 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self._redact(json.dumps(entry, ensure_ascii=False))
+        return self._redact(_ENCODE(entry))
 
 
 class TextFormatter(logging.Formatter):
@@ -77,6 +89,12 @@ def _text(value: object) -> str:
 def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
     """Route every log line through one handler: the configured format, levels and secret mask."""
     redact = Secrets(secrets)
+    # No line shows the caller's file, thread or process: skip finding them for every record
+    # (the logging module's documented switches for this).
+    logging._srcfile = None
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(_RequestIdFilter())
     if settings.format == "json":
@@ -114,9 +132,10 @@ class RequestLog:
         if not log.isEnabledFor(logging.INFO):
             return
         usage = record.usage
+        # The fields every line has; the rest only when they say something (shorter lines, less
+        # encoding per call).
         fields: dict[str, Any] = {
             "request_id": record.request_id,
-            "trace_id": record.trace_id,
             "method": "StreamComplete" if record.streamed else "Complete",
             "model": record.requested_model,
             "resolved_model": record.resolved_model,
@@ -124,18 +143,26 @@ class RequestLog:
             "deployment": record.deployment,
             "status": status_name(record.status_code),
             "latency_ms": round(record.latency_seconds * 1000, 3),
-            "ttft_ms": None if record.ttft_seconds is None else round(record.ttft_seconds * 1000, 3),
             "input_tokens": usage.input_tokens,
             "output_tokens": usage.output_tokens,
-            "cached_input_tokens": usage.cached_input_tokens,
-            "reasoning_tokens": usage.reasoning_tokens,
-            "tokens_estimated": usage.estimated,
             "cost_micros": usage.cost_micros,
             "cache": record.cache or "none",
-            "attempts": len(record.attempts),
-            "retries": retries(record),
+            "retries": 0,
             "fallback": record.fallback_used,
         }
+        if record.trace_id:
+            fields["trace_id"] = record.trace_id
+        if record.ttft_seconds is not None:
+            fields["ttft_ms"] = round(record.ttft_seconds * 1000, 3)
+        if usage.cached_input_tokens:
+            fields["cached_input_tokens"] = usage.cached_input_tokens
+        if usage.reasoning_tokens:
+            fields["reasoning_tokens"] = usage.reasoning_tokens
+        if usage.estimated:
+            fields["tokens_estimated"] = True
+        if len(record.attempts) > 1:
+            fields["attempts"] = len(record.attempts)
+            fields["retries"] = retries(record)
         if record.project:
             fields["project"] = record.project
         if self._content:

@@ -17,12 +17,18 @@ SECRET_MASK = "[REDACTED]"
 # Values shorter than this are not masked by value: "on" or "1" would mangle every line.
 _MIN_SECRET = 6
 _CREDENTIAL_SHAPES = (
-    r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}",
+    r"\b(?i:bearer)\s+[A-Za-z0-9._~+/=-]{8,}",
     r"\bsk-(?:ant-|proj-)?[A-Za-z0-9_-]{12,}",
     r"\bAIza[0-9A-Za-z_-]{30,}",
     # user:password@ in a URL (redis://:pw@host, postgresql://user:pw@host)
     r"(?<=://)[^/\s:@]*:[^/\s@]+(?=@)",
 )
+
+
+# Substrings without which no credential shape can match: the regular expression (slow on a
+# line with nothing to mask, since none of its branches starts with a fixed string) runs only
+# on lines that hold one of them or a known secret.
+_SHAPE_MARKERS = ("earer", "EARER", "sk-", "AIza", "://")
 
 
 class Secrets:
@@ -33,9 +39,13 @@ class Secrets:
         parts = [re.escape(v) for v in known]
         parts.extend(_CREDENTIAL_SHAPES)
         self._pattern = re.compile("|".join(parts))
+        self._markers = (*known, *_SHAPE_MARKERS)
 
     def __call__(self, text: str) -> str:
-        return self._pattern.sub(SECRET_MASK, text)
+        for marker in self._markers:
+            if marker in text:
+                return self._pattern.sub(SECRET_MASK, text)
+        return text
 
 
 _PII = {
