@@ -155,8 +155,9 @@ class App:
         await self.usage.close()
         await self.providers.aclose()
         if self.tracing is not None:
-            # Every call has ended, so every span has ended: export them (bounded by the timeout).
-            self.tracing.shutdown()
+            # Every call has ended, so every span has ended: export them (bounded by the export
+            # timeout), off the event loop, which may still be serving the admin port.
+            await asyncio.to_thread(self.tracing.shutdown)
         if self.admin is not None:
             await self.admin.stop()
         log.info("stopped")

@@ -156,12 +156,12 @@ class Router:
                 except UpstreamError as exc:
                     trail.failed(cand, exc, attempt_started)
                     if span is not None:
-                        span.failed(failure_class(exc), exc.message)
+                        span.failed(_error_type(exc), exc.message)
                     delay = self._verdict(plan, cand, exc, tries, deadline)
                     if delay < 0:
                         break
                     if trace is not None:
-                        trace.retry(target.deployment, len(trail.records) + 1, delay, failure_class(exc))
+                        trace.retry(target.deployment, len(trail.records) + 1, delay, _error_type(exc))
                     await asyncio.sleep(delay)
                     continue
                 except asyncio.CancelledError:
@@ -268,7 +268,7 @@ class Router:
                         ended = True
                         trail.failed(cand, exc, attempt_started)
                         if span is not None:
-                            span.failed(failure_class(exc), exc.message)
+                            span.failed(_error_type(exc), exc.message)
                             span = None
                         if sent:
                             # Output reached the caller: the provider billed it, so does the ledger.
@@ -284,7 +284,7 @@ class Router:
                         if delay < 0:
                             break
                         if trace is not None:
-                            trace.retry(target.deployment, len(trail.records) + 1, delay, failure_class(exc))
+                            trace.retry(target.deployment, len(trail.records) + 1, delay, _error_type(exc))
                         await asyncio.sleep(delay)
                         continue
                     finally:
@@ -350,6 +350,11 @@ def _admitted(cand: Candidate, trail: Trail, trace: CallTrace | None) -> bool:
             trace.breaker_rejected(cand.target.deployment)
         return False
     return True
+
+
+def _error_type(exc: UpstreamError) -> str:
+    """A span's ``error.type``: the failure class, or the error's class for never-retried ones."""
+    return failure_class(exc) or type(exc).__name__
 
 
 def _traced_fallback(trace: CallTrace, trail: Trail, cand: Candidate) -> None:
