@@ -62,3 +62,16 @@ def test_the_worked_routing_example_loads_and_routes_as_described(
     assert eu.breaker.failure_threshold == 3
     assert settings.resilience.retry_budget.ratio == 0.2
     assert settings.routing.stream_recovery == "error"
+
+
+def test_the_tracing_example_is_valid_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks: list[str] = re.findall(r"```toml\n(.*?)```", README.read_text(), flags=re.S)
+    [example] = [b for b in blocks if b.startswith("[production.tracing]")]
+    config = tmp_path / "omnirelay.toml"
+    config.write_text(example)
+    monkeypatch.setenv("OMNIRELAY_CONFIG", str(config))
+    tracing = load_settings("production").tracing
+    assert tracing.enabled
+    assert tracing.exporter == "otlp_http"
+    assert tracing.endpoint == "https://otel-collector.internal:4318"
+    assert tracing.sample_ratio == 0.1
