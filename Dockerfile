@@ -22,6 +22,8 @@ WORKDIR /app
 RUN mkdir -p /app/var
 VOLUME ["/app/var"]
 EXPOSE 50051
+# Prometheus metrics (GET /metrics on the admin listener).
+EXPOSE 9464
 # The standard grpc.health.v1 service answers this probe (exit 0 only when SERVING).
 HEALTHCHECK --interval=10s --timeout=4s --start-period=5s --retries=3 \
   CMD ["omnirelay", "health", "--target", "127.0.0.1:50051", "--timeout", "3"]
