@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from omnirelay.cache.layer import CacheCounters
 from omnirelay.resilience.breaker import BreakerState
-from omnirelay.telemetry.spans import retries, status_name
+from omnirelay.telemetry.spans import status_name
 from omnirelay.usage.recorder import RecorderCounters
 from omnirelay.usage.records import UsageRecord
 
@@ -84,7 +84,7 @@ class GatewayMetrics:
         self._system_of = system_of
         self._max_projects = max_projects
         self._projects: set[str] = set()
-        self._series: dict[tuple[str, str, str, str, str, int], _Series] = {}
+        self._series: dict[tuple[str, str, str, str, str, str, int], _Series] = {}
         self.duration = Histogram(
             "gen_ai_client_operation_duration_seconds",
             "GenAI operation duration, from the call's arrival to its end (gen_ai.client.operation.duration)",
@@ -169,10 +169,20 @@ class GatewayMetrics:
         model = self._model(record.resolved_model or record.requested_model)
         provider = record.provider or OTHER
         code = record.status_code
-        key = (record.operation, provider, model, record.deployment, record.resolved_model, code)
+        # The requested name is part of the key: an alias is its own gen_ai_request_model.
+        key = (
+            record.operation,
+            provider,
+            model,
+            record.deployment,
+            record.resolved_model,
+            record.requested_model,
+            code,
+        )
         series = self._series.get(key)
         if series is None:
             series = self._bind(record, model, provider)
+            self._series[key] = series
         series.requests.inc()
         series.duration.observe(record.latency_seconds)
         if record.ttft_seconds is not None and record.streamed:
@@ -193,13 +203,16 @@ class GatewayMetrics:
     def _attempts(self, record: UsageRecord, model: str) -> None:
         if record.fallback_used:
             self.fallbacks.labels(model).inc()
-        count = retries(record)
-        if count:
-            self.retries.labels(record.provider or OTHER, model).inc(count)
+        previous = ""
         for a in record.attempts:
             if a.outcome == "circuit_open":
                 self.breaker_rejections.labels(a.deployment).inc()
-            elif a.outcome not in _NOT_ERRORS:
+                continue
+            if a.deployment == previous:
+                # A retry belongs to the provider it retried, not to whoever answered in the end.
+                self.retries.labels(a.provider or OTHER, model).inc()
+            previous = a.deployment
+            if a.outcome not in _NOT_ERRORS:
                 self.upstream_errors.labels(a.provider, a.outcome).inc()
 
     def _bind(self, record: UsageRecord, model: str, provider: str) -> _Series:
@@ -218,15 +231,6 @@ class GatewayMetrics:
             self.tokens.labels(*genai, "input"),
             self.tokens.labels(*genai, "output"),
         )
-        key = (
-            record.operation,
-            provider,
-            model,
-            record.deployment,
-            record.resolved_model,
-            record.status_code,
-        )
-        self._series[key] = series
         return series
 
     def _model(self, name: str) -> str:
