@@ -137,11 +137,21 @@ def secret_values(settings: Settings) -> list[str]:
     found.extend(value for _, value in settings.tracing.headers)
     if settings.budgets.webhook_secret:
         found.append(settings.budgets.webhook_secret)
+    hook_path = _url_path(settings.budgets.webhook_url)
+    if hook_path:
+        found.append(hook_path)
     for url in (settings.cache.redis_url, settings.budgets.redis_url, settings.usage.postgres_dsn):
         password = _url_password(url)
         if password:
             found.append(password)
     return found
+
+
+def _url_path(url: str) -> str:
+    """The path and query of a URL: where a webhook's token lives; the host alone is no secret."""
+    match = re.match(r"[a-z][a-z0-9+.-]*://[^/?#]*([/?][^#\s]*)", url, re.IGNORECASE)
+    path = match.group(1) if match else ""
+    return path if len(path.strip("/")) > 1 else ""
 
 
 def _url_password(url: str) -> str:

@@ -57,7 +57,8 @@ OPENAI_FLAVORS = (
     "xai",
 )
 # Keys whose values are secrets (matched at the end of the name: `max_output_tokens` is not one).
-SECRET_KEYS = ("api_key", "token", "secret", "password", "redis_url", "dsn")
+# A webhook URL is a credential of its own (chat-style hooks carry their token in the path).
+SECRET_KEYS = ("api_key", "token", "secret", "password", "redis_url", "dsn", "webhook_url")
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,7 +83,13 @@ class TextFormatter(logging.Formatter):
 
 
 def _text(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False) if isinstance(value, str) and " " in value else str(value)
+    if not isinstance(value, str):
+        return str(value)
+    # Quoted (and escaped) whenever the bare value could be misread: a caller's model name
+    # with a newline or "k=v" inside must not forge a second line or field.
+    if value and value.isprintable() and not any(ch in value for ch in ' "='):
+        return value
+    return json.dumps(value, ensure_ascii=False)
 
 
 def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:

@@ -50,8 +50,9 @@ class Secrets:
 
 _PII = {
     "email": re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"),
-    # 13-19 digits, optionally grouped by spaces or dashes; only Luhn-valid runs are masked.
-    "card": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])"),
+    # A run of at least 13 digits, grouped by spaces or dashes; _mask_card finds the card in it
+    # (a quantity before or an expiry or CVV after may share the run).
+    "card": re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,}(?![\d-])"),
     # International or national numbers with at least 8 digits, grouped by spaces, dots or dashes.
     "phone": re.compile(
         r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]?\d{2,4}){2,4}(?!\w)"
@@ -92,13 +93,51 @@ class Pii:
         return text
 
 
+_SEPARATOR = re.compile(r"([ -])")
+# Card lengths, most common first: when a run holds several Luhn-valid spans, the likelier wins.
+_CARD_LENGTHS = (16, 15, 14, 19, 13, 17, 18)
+_NOT_A_PHONE = re.compile(
+    r"\d{4}([-./])\d{1,2}\1\d{1,2}"  # 2026-11-22
+    r"|\d{1,2}([-./])\d{1,2}\2\d{4}"  # 22.11.2026
+    r"|(?:\d{1,3}\.){3}\d{1,3}"  # 192.168.10.20
+)
+
+
 def _mask_card(match: re.Match[str]) -> str:
-    digits = re.sub(r"[ -]", "", match.group(0))
-    return _MASKS["card"] if _luhn(digits) else match.group(0)
+    # Alternating groups and separators: ["4111", " ", "1111", ...]
+    parts = _SEPARATOR.split(match.group(0))
+    return _mask_card_groups(parts[0::2], parts[1::2])
+
+
+def _mask_card_groups(groups: list[str], separators: list[str]) -> str:
+    """Masks the card made of whole groups, then looks for more on either side of it."""
+    best: tuple[int, int, int] | None = None  # (preference, first group, end group)
+    for first in range(len(groups)):
+        digits = ""
+        for end in range(first + 1, len(groups) + 1):
+            digits += groups[end - 1]
+            if len(digits) > 19:
+                break
+            if len(digits) in _CARD_LENGTHS and _luhn(digits):
+                rank = _CARD_LENGTHS.index(len(digits))
+                if best is None or rank < best[0]:
+                    best = (rank, first, end)
+    if best is None:
+        return "".join(g + s for g, s in zip(groups, [*separators, ""], strict=True))
+    _, first, end = best
+    out = ""
+    if first:
+        out = _mask_card_groups(groups[:first], separators[: first - 1]) + separators[first - 1]
+    out += _MASKS["card"]
+    if end < len(groups):
+        out += separators[end - 1] + _mask_card_groups(groups[end:], separators[end:])
+    return out
 
 
 def _mask_phone(match: re.Match[str]) -> str:
     found = match.group(0)
+    if _NOT_A_PHONE.fullmatch(found):
+        return found
     digits = sum(ch.isdigit() for ch in found)
     # Fewer than 8 digits is a number, a date or a version, not a phone number.
     return _MASKS["phone"] if 8 <= digits <= 15 else found
