@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bench.holdload import HoldResult
+from bench.otlp_sink import SinkCount
 from bench.procs import RunningServer, StopOutcome
 from bench.results import Measurement
 
@@ -48,6 +49,8 @@ class Outcome:
     stops: list[StopOutcome] = field(default_factory=list)
     # The command of every server started, by name, for the report.
     servers: dict[str, str] = field(default_factory=dict)
+    # What the OTLP sink received from the echo scenario's traced server; None when it was not started.
+    sink: SinkCount | None = None
 
     def started(self, server: RunningServer) -> None:
         env = " ".join(f"{key}={value}" for key, value in server.spec.env)

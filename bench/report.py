@@ -22,6 +22,7 @@ from bench.results import (
     START_SCENARIO,
     STREAMS_SCENARIO,
     SUBJECT,
+    TRACED,
     UNRECORDED,
     WORKERS_SCENARIO,
     AddedLatency,
@@ -32,6 +33,7 @@ from bench.results import (
 )
 from bench.sections import start_section, streams_section, workers_section
 from bench.targets import Goal, goal_lines, goals_table, unrecorded_levels
+from bench.tracing import TracingCost, figure_lines, traced_levels, tracing_section
 from bench.workload import STREAM_EVENTS, STREAM_MAX_TOKENS, UNARY_MAX_TOKENS, sim_model
 
 
@@ -57,6 +59,9 @@ class Report:
     warnings: Sequence[str]
     # From the start of the run to the report.
     wall_s: float
+    # The echo scenario's tracing figure (omnirelay traced / omnirelay, and the spans exported); None
+    # when the run did not measure it.
+    tracing: TracingCost | None = None
 
 
 def _finite(value: object) -> object:
@@ -84,13 +89,16 @@ def _ratio_name(r: Ratio) -> str:
         return f"cache_hit_{r.mode}"
     if r.baseline == UNRECORDED:
         return f"recorded_vs_unrecorded_{r.mode}"
+    if r.subject == TRACED:
+        return f"traced_vs_untraced_{r.mode}"
     return r.mode
 
 
 def ratio_lines(ratios: Sequence[Ratio]) -> list[str]:
     """Lines a script can grep for: `RATIO unary c=64: 0.42` (omnirelay / echo), `RATIO cache_hit_unary
     c=64: 0.9` (omnirelay's cache hits / echo), `RATIO recorded_vs_unrecorded_unary c=64: 0.97`
-    (omnirelay / omnirelay with usage recording off), `RATIO vs_relay_unary c=1: 0.8` (omnirelay /
+    (omnirelay / omnirelay with usage recording off), `RATIO traced_vs_untraced_unary c=64: 0.85`
+    (omnirelay with tracing on / omnirelay), `RATIO vs_relay_unary c=1: 0.8` (omnirelay /
     bare relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client), `RATIO
     workers_2_vs_1_unary c=64: 1.6`."""
     return [f"RATIO {_ratio_name(r)} c={r.concurrency}: {number(r.of_medians)}" for r in ratios]
@@ -133,6 +141,9 @@ def _header(report: Report) -> list[str]:
         levels += f" (cache hits: {','.join(map(str, cache_levels))})"
     if ECHO_SCENARIO in config.scenarios and (unrecorded := unrecorded_levels(config)):
         levels += f" (unrecorded: {','.join(map(str, unrecorded))})"
+    traced = traced_levels(config) if TRACED not in report.skipped else ()
+    if ECHO_SCENARIO in config.scenarios and traced:
+        levels += f" (traced: {','.join(map(str, traced))})"
     if SIM_SCENARIO in config.scenarios:
         levels += f" (sim: {','.join(map(str, config.sim_concurrency))})"
     if WORKERS_SCENARIO in config.scenarios:
@@ -280,6 +291,7 @@ def _echo_sections(report: Report) -> list[str]:
         out += _ratio_table(ratios)
     out += _cache_section(report)
     out += _recording_section(report)
+    out += tracing_section(report.tracing, report.skipped.get(TRACED, ""))
     if summaries:
         out += ["", "## Answer sizes (one call, serialized protobuf)", ""]
         out += _sizes_table(summaries)
@@ -481,6 +493,7 @@ def to_markdown(report: Report) -> str:
         *ratio_lines(report.ratios),
         *added_latency_lines(report.added_latencies),
         *goal_lines(report.goals),
+        *figure_lines(report.tracing),
         f"WALL_TIME s={report.wall_s:.0f}",
     ]
     out += ["", "```text", *lines, "```"]

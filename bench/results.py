@@ -1,11 +1,12 @@
 """What the load scenarios produced: measurements, their summaries over repeats, omnirelay / baseline ratios.
 
 `echo` compares omnirelay with a bare grpc.aio server, omnirelay answering from its response cache
-(`cache-hit`) with the same server, and omnirelay with a second omnirelay server that records no
-usage (`unrecorded`); `sim` compares omnirelay relaying the provider simulator with a bare
-grpc.aio relay in front of it and with a client calling the simulator directly; `workers` compares
-omnirelay serving with one and with two worker processes. The other scenarios (`streams`, `start`)
-have figures of their own (bench.holdload, bench.startup).
+(`cache-hit`) with the same server, omnirelay with a second omnirelay server that records no usage
+(`unrecorded`), and a third omnirelay server that traces every call (`traced`) with omnirelay;
+`sim` compares omnirelay relaying the provider simulator with a bare grpc.aio relay in front of it
+and with a client calling the simulator directly; `workers` compares omnirelay serving with one and
+with two worker processes. The other scenarios (`streams`, `start`) have figures of their own
+(bench.holdload, bench.startup).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ CACHE_HIT = "cache-hit"
 # The echo scenario's second omnirelay server, with usage recording off: omnirelay's unary calls/s
 # over its own are what recording costs.
 UNRECORDED = "unrecorded"
+# The echo scenario's third omnirelay server, with tracing on (every call sampled, spans exported over
+# OTLP to bench.otlp_sink): its unary calls/s over omnirelay's (tracing off) are what tracing costs.
+TRACED = "traced"
 # The workers scenario's targets: omnirelay serving with this many worker processes.
 WORKER_COUNTS = (1, 2)
 
@@ -47,7 +51,7 @@ def workers_target(count: int) -> str:
 BASELINES: dict[str, tuple[str, ...]] = {ECHO_SCENARIO: (BASELINE,), SIM_SCENARIO: (RELAY, DIRECT)}
 # Every target of the scenarios measured with bench.loadgen, in the order they are measured.
 TARGETS: dict[str, tuple[str, ...]] = {
-    ECHO_SCENARIO: (BASELINE, SUBJECT, UNRECORDED, CACHE_HIT),
+    ECHO_SCENARIO: (BASELINE, SUBJECT, UNRECORDED, TRACED, CACHE_HIT),
     SIM_SCENARIO: (DIRECT, RELAY, SUBJECT),
     WORKERS_SCENARIO: tuple(workers_target(n) for n in WORKER_COUNTS),
 }
@@ -143,7 +147,7 @@ class Ratio:
     low: float
     high: float
     # The target over the baseline: omnirelay (over echo, the relays, or itself unrecorded), its cache
-    # hits, or a worker count.
+    # hits, omnirelay traced (over omnirelay), or a worker count.
     subject: str = SUBJECT
 
 

@@ -3,7 +3,8 @@
 Five scenarios, one after the other, each starting its servers and stopping them again.
 `echo`: omnirelay (local provider) against a bare grpc.aio echo server, omnirelay answering
 deterministic unary calls from its response cache against the same echo server (at c=64), and
-omnirelay against a second omnirelay server with usage recording off (unary, at c=64).
+omnirelay against a second omnirelay server with usage recording off (unary, at c=64), and a third
+with tracing on (every call, exported to an OTLP sink) against omnirelay (unary, at c=64).
 `sim`: omnirelay relaying the provider simulator (`omnirelay sim`) through its OpenAI adapter,
 against a bare grpc.aio relay in front of the same simulator and against the load generator calling
 the simulator directly over HTTP.
@@ -40,6 +41,7 @@ from bench import report
 from bench.limits import raise_open_files
 from bench.loadcore import DRAIN_TIMEOUT_S, LoadResult
 from bench.machine import collect
+from bench.otlp_sink import SinkCount, read_count
 from bench.outcome import Outcome
 from bench.procs import RunningServer, pin_to, stop_all
 from bench.quiet import Patience
@@ -53,7 +55,9 @@ from bench.results import (
     SIM_SCENARIO,
     START_SCENARIO,
     STREAMS_SCENARIO,
+    SUBJECT,
     TARGETS,
+    TRACED,
     UNRECORDED,
     WORKER_COUNTS,
     WORKERS_SCENARIO,
@@ -67,16 +71,20 @@ from bench.results import (
 from bench.scenarios import (
     ECHO_SERVER,
     OMNIRELAY_SERVER,
+    OMNIRELAY_TRACED_SERVER,
+    OTLP_SINK_SERVER,
     RELAY_SERVER,
     SIM_SERVER,
     Launcher,
     Target,
     reset,
+    sink_count_path,
     start_targets,
 )
 from bench.startup import run_startup
 from bench.streams import StreamsConfig, run_streams
 from bench.targets import evaluate, unrecorded_levels
+from bench.tracing import NO_SPANS, traced_levels, tracing_cost
 from bench.workload import MODES
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -90,6 +98,7 @@ INTERFERENCE: Final = 0.10
 QUIET_BELOW: Final = 0.10
 ECHO_ARGV: Final = (sys.executable, "-m", "bench.echo_server", "--host", "127.0.0.1", "--port", "0")
 RELAY_ARGV: Final = (sys.executable, "-m", "bench.relay_server", "--host", "127.0.0.1", "--port", "0")
+SINK_ARGV: Final = (sys.executable, "-m", "bench.otlp_sink", "--host", "127.0.0.1", "--port", "0")
 # Streams still open this long after the first call count as errors (a run takes ~40 s).
 STREAMS_TIMEOUT_S: Final = 180.0
 
@@ -341,6 +350,7 @@ class _Runner:
         started: list[RunningServer] = []
         cache_levels: tuple[int, ...] = ()
         unrecorded: tuple[int, ...] = ()
+        traced: tuple[int, ...] = ()
         if scenario == ECHO_SCENARIO:
             unrecorded = unrecorded_levels(self.config)
             if missing := cache_missing(argv[OMNIRELAY_SERVER]):
@@ -348,9 +358,14 @@ class _Runner:
                 print(f"{CACHE_HIT}: {missing}", file=sys.stderr, flush=True)
             else:
                 cache_levels = self.config.cache_concurrency
+            traced = traced_levels(self.config)
+            if traced and (missing := tracing_missing(argv[OMNIRELAY_SERVER])):
+                traced = ()
+                self.out.skipped[TRACED] = missing
+                print(f"{TRACED}: {missing}", file=sys.stderr, flush=True)
         try:
             targets = start_targets(
-                scenario, argv, launcher, self.out.failures, started, cache_levels, unrecorded
+                scenario, argv, launcher, self.out.failures, started, cache_levels, unrecorded, traced
             )
             for server in started:
                 self.out.started(server)
@@ -365,6 +380,11 @@ class _Runner:
             # The front servers first: the relays stop before the simulator they call.
             self.out.stops += reversed(stop_all(started[::-1]))
             signal.signal(signal.SIGTERM, handler)
+            if any(server.spec.name == OMNIRELAY_TRACED_SERVER for server in started):
+                # Read once the traced server has stopped: it exports its last spans as it stops.
+                self.out.sink = read_count(sink_count_path(launcher.data_dir)) or SinkCount(0, 0)
+                if self.out.sink.spans <= 0:
+                    self.out.failures.append(f"{OMNIRELAY_TRACED_SERVER}: {NO_SPANS}")
 
 
 def _disturbed(m: Measurement) -> bool:
@@ -423,6 +443,13 @@ def cache_missing(omnirelay_argv: Sequence[str]) -> str:
     """Why omnirelay's cache hits cannot be measured, or "" when they can."""
     if "serve" not in omnirelay_argv:
         return "Cache hits need `omnirelay serve`; another command stands in for it: skipped."
+    return ""
+
+
+def tracing_missing(omnirelay_argv: Sequence[str]) -> str:
+    """Why omnirelay with tracing on cannot be measured, or "" when it can."""
+    if "serve" not in omnirelay_argv:
+        return "Tracing needs `omnirelay serve`; another command stands in for it: skipped."
     return ""
 
 
@@ -532,6 +559,12 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
             for c in unrecorded_levels(config)
             if (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, baseline_name=UNRECORDED))
         ]
+        # omnirelay with tracing on over omnirelay (tracing off).
+        ratios += [
+            r
+            for c in traced_levels(config)
+            if (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, SUBJECT, subject_name=TRACED))
+        ]
     if WORKERS_SCENARIO in config.scenarios:
         one, two = (workers_target(n) for n in WORKER_COUNTS)
         c = config.workers_concurrency
@@ -553,6 +586,7 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
         measurements=out.measurements,
         summaries=summaries,
         ratios=ratios,
+        tracing=tracing_cost(config, ratios, out.sink, out.skipped.get(TRACED, "")),
         added_latencies=added,
         holds=out.holds,
         startups=out.startups,
@@ -588,6 +622,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         OMNIRELAY_SERVER: tuple(args.omnirelay_cmd) if args.omnirelay_cmd else OMNIRELAY_ARGV,
         SIM_SERVER: SIM_ARGV,
         RELAY_SERVER: RELAY_ARGV,
+        OTLP_SINK_SERVER: SINK_ARGV,
     }
     started_utc = datetime.now(UTC)
     stamp = started_utc.strftime("%Y%m%d-%H%M%S")
@@ -597,7 +632,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # omnirelay's usage ledgers and spill files: out of the repository, and gone after the run.
     with tempfile.TemporaryDirectory(prefix=f"omnirelay-bench-{stamp}-") as data_dir:
         launcher = Launcher(
-            args.out, stamp, cpus[0] if cpus else None, args.start_timeout, REPO, Path(data_dir), everywhere
+            args.out,
+            stamp,
+            cpus[0] if cpus else None,
+            args.start_timeout,
+            REPO,
+            Path(data_dir),
+            everywhere,
+            side_cpus=cpus[1] if cpus else None,
         )
         try:
             _run_all(config, commands, launcher, out)

@@ -2,8 +2,11 @@
 
 `echo`: the echo server and omnirelay (its `local` provider), both over gRPC; the same omnirelay
 server called with deterministic requests, which it answers from its response cache (`cache-hit`,
-unary only, at the levels asked for: it starts no server of its own); and a second omnirelay server
-with usage recording off (`unrecorded`, unary only, at the levels asked for).
+unary only, at the levels asked for: it starts no server of its own); a second omnirelay server
+with usage recording off (`unrecorded`, unary only, at the levels asked for); and a third with
+tracing on (`traced`, unary only, at the levels asked for), exporting its spans to the OTLP sink
+(bench.otlp_sink), which runs on the load generator's CPU: it stands for a collector elsewhere, and
+on the servers' core its work would be charged to the server as other load.
 `sim`: the provider simulator, the bare relay (bench.relay_server) and omnirelay, both relays with
 the simulator's OpenAI API behind them. Targets: omnirelay and the relay over gRPC, and the
 simulator's HTTP API directly.
@@ -37,6 +40,7 @@ from bench.results import (
     RELAY,
     SIM_SCENARIO,
     SUBJECT,
+    TRACED,
     UNRECORDED,
     WORKER_COUNTS,
     WORKERS_SCENARIO,
@@ -51,8 +55,12 @@ SIM_SERVER = "sim"
 RELAY_SERVER = "relay"
 OMNIRELAY_SIM_SERVER = "omnirelay-sim"
 OMNIRELAY_UNRECORDED_SERVER = "omnirelay-unrecorded"
+OMNIRELAY_TRACED_SERVER = "omnirelay-traced"
+OTLP_SINK_SERVER = "otlp-sink"
 # omnirelay's setting that turns usage recording (and budgets) off.
 UNRECORDED_ENV = (("OMNIRELAY_USAGE__ENABLED", "false"),)
+# Where the OTLP sink writes its span count, in the run's data directory.
+SINK_COUNT_FILE = "otlp-sink-spans.json"
 RESET_TIMEOUT_S = 5.0
 
 
@@ -104,6 +112,9 @@ class Launcher:
     # Where unpinned servers run: every CPU of the run (the runner itself is pinned, and a child
     # would inherit its one CPU).
     all_cpus: frozenset[int] | None = None
+    # Where helpers that are not measured run (the OTLP sink): the load generator's CPU, off the
+    # servers' core. None: not pinned.
+    side_cpus: frozenset[int] | None = None
 
     def omnirelay(self, name: str, argv: Sequence[str], env: tuple[tuple[str, str], ...] = ()) -> ServerSpec:
         """An omnirelay server's spec: `env` and its usage files in the run's data directory."""
@@ -116,10 +127,14 @@ class Launcher:
         started: list[RunningServer],
         pinned: bool = True,
         poll_s: float = POLL_S,
+        side: bool = False,
     ) -> RunningServer | None:
-        """Appends the server to `started` as soon as it serves, so an interrupt cannot orphan it."""
+        """Appends the server to `started` as soon as it serves, so an interrupt cannot orphan it.
+
+        `side`: a helper, on the side CPUs (`pinned` does not apply).
+        """
         log_path = self.log_dir / f"bench-{self.stamp}-{spec.name}.log"
-        cpus = self.cpus if pinned else self.all_cpus
+        cpus = self.side_cpus if side else self.cpus if pinned else self.all_cpus
         try:
             server = start_server(spec, log_path, cpus, self.timeout_s, self.cwd, poll_s)
         except (ServerStartError, OSError) as exc:
@@ -141,6 +156,20 @@ def usage_env(data_dir: Path, name: str) -> tuple[tuple[str, str], ...]:
     )
 
 
+def tracing_env(sink_address: str) -> tuple[tuple[str, str], ...]:
+    """omnirelay's settings for tracing every call and exporting the spans over OTLP/gRPC to the sink."""
+    return (
+        ("OMNIRELAY_TRACING__ENABLED", "true"),
+        ("OMNIRELAY_TRACING__EXPORTER", "otlp_grpc"),
+        ("OMNIRELAY_TRACING__ENDPOINT", f"http://{sink_address}"),
+        ("OMNIRELAY_TRACING__SAMPLE_RATIO", "1.0"),
+    )
+
+
+def sink_count_path(data_dir: Path) -> Path:
+    return data_dir / SINK_COUNT_FILE
+
+
 def sim_env(sim_address: str) -> tuple[tuple[str, str], ...]:
     """omnirelay's settings for a provider named `sim` of kind openai at the simulator."""
     prefix = f"OMNIRELAY_PROVIDERS__{SIM_PROVIDER.upper()}__"
@@ -159,15 +188,16 @@ def start_targets(
     started: list[RunningServer],
     cache_levels: tuple[int, ...] = (),
     unrecorded_levels: tuple[int, ...] = (),
+    traced_levels: tuple[int, ...] = (),
 ) -> list[Target]:
     """Start a scenario's servers (`argv` by process name) and return the targets that can be measured.
 
     `cache_levels`: the echo scenario's concurrency levels at which cache hits are measured too.
     `unrecorded_levels`: those at which omnirelay without usage recording is (unary); none: its
-    server is not started.
+    server is not started. `traced_levels`: the same for omnirelay with tracing on, and its sink.
     """
     if scenario == ECHO_SCENARIO:
-        return _start_echo(argv, launcher, failures, started, cache_levels, unrecorded_levels)
+        return _start_echo(argv, launcher, failures, started, cache_levels, unrecorded_levels, traced_levels)
     if scenario == SIM_SCENARIO:
         return _start_sim(argv, launcher, failures, started)
     if scenario == WORKERS_SCENARIO:
@@ -182,6 +212,7 @@ def _start_echo(
     started: list[RunningServer],
     cache_levels: tuple[int, ...],
     unrecorded_levels: tuple[int, ...],
+    traced_levels: tuple[int, ...] = (),
 ) -> list[Target]:
     targets = []
     echo = launcher.start(ServerSpec(ECHO_SERVER, tuple(argv[ECHO_SERVER])), failures, started)
@@ -207,6 +238,9 @@ def _start_echo(
                     levels=unrecorded_levels,
                 )
             )
+    if traced_levels and (traced := _start_traced(argv, launcher, failures, started)):
+        # Like the unrecorded server: beside `omnirelay`, measured next to it in every repeat.
+        targets.append(Target(TRACED, traced, "grpc", traced.address, modes=("unary",), levels=traced_levels))
     if omnirelay and cache_levels:
         # The same server: its cache is on by default, and the hits need nothing else.
         hits = Target(
@@ -220,6 +254,22 @@ def _start_echo(
         )
         targets.append(hits)
     return targets
+
+
+def _start_traced(
+    argv: Mapping[str, Sequence[str]], launcher: Launcher, failures: list[str], started: list[RunningServer]
+) -> RunningServer | None:
+    """The OTLP sink, then a server like `omnirelay` (the same core and settings) tracing every call.
+
+    The sink starts first, so it stops after the traced server, which exports its last spans as it
+    stops.
+    """
+    sink_argv = (*argv[OTLP_SINK_SERVER], "--count-file", str(sink_count_path(launcher.data_dir)))
+    sink = launcher.start(ServerSpec(OTLP_SINK_SERVER, sink_argv), failures, started, side=True)
+    if sink is None:
+        return None
+    spec = launcher.omnirelay(OMNIRELAY_TRACED_SERVER, argv[OMNIRELAY_SERVER], tracing_env(sink.address))
+    return launcher.start(spec, failures, started)
 
 
 def _start_sim(

@@ -1,0 +1,144 @@
+"""The echo scenario's tracing figure: omnirelay with tracing on over omnirelay with it off.
+
+`tracing_cost_unary_c64`: `omnirelay-traced` (every call sampled, its spans batched and exported
+over OTLP/gRPC to bench.otlp_sink) over `omnirelay` (tracing off, the default), unary calls/s at
+c=64, measured next to each other in every repeat. A figure the report states, not a target it
+judges; it holds only when the sink received spans (none: the export did not work, an error).
+Beside it stands `omnirelay` / `echo` at the same level, the ratio that carries the disabled path's
+cost (tracing off builds no interceptor and no span), to compare with a run before tracing existed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from bench.markdown import number, table
+from bench.otlp_sink import SinkCount
+from bench.results import BASELINE, ECHO_SCENARIO, SUBJECT, TRACED, Ratio, RunConfig
+from bench.targets import RATIO_C
+
+NAME: Final = f"tracing_cost_unary_c{RATIO_C}"
+NO_SPANS: Final = "the OTLP sink received no spans: export did not work"
+NOT_STARTED: Final = "not measured: the traced server or its OTLP sink did not start"
+
+
+@dataclass(frozen=True, slots=True)
+class TracingCost:
+    name: str
+    concurrency: int
+    # omnirelay-traced / omnirelay, unary calls/s (the median ratio and the paired repeats' range);
+    # None when no measurement of either succeeded.
+    on_vs_off: Ratio | None
+    # omnirelay (tracing off) / echo at the same level, as in the omnirelay / echo table.
+    off_vs_echo: Ratio | None
+    # What the OTLP sink received over the scenario: warm-ups, probes and the traced server's last
+    # export as it stopped included.
+    spans: int
+    exports: int
+    # Why the figure does not hold ("" when it does).
+    error: str = ""
+
+
+def traced_levels(config: RunConfig) -> tuple[int, ...]:
+    """The echo scenario's levels at which omnirelay with tracing on is measured (unary): the one the
+    figure is stated at, when the run measures omnirelay's unary calls there."""
+    return (RATIO_C,) if RATIO_C in config.concurrency and "unary" in config.modes else ()
+
+
+def _find(ratios: Sequence[Ratio], subject: str, baseline: str) -> Ratio | None:
+    key = (ECHO_SCENARIO, subject, baseline, "unary", RATIO_C)
+    return next(
+        (r for r in ratios if (r.scenario, r.subject, r.baseline, r.mode, r.concurrency) == key), None
+    )
+
+
+def tracing_cost(
+    config: RunConfig, ratios: Sequence[Ratio], sink: SinkCount | None, skipped: str = ""
+) -> TracingCost | None:
+    """The figure, when the run planned it (echo scenario, unary calls at c=64) and did not skip it.
+
+    `sink`: what the sink received; None when the traced server was not started.
+    """
+    if ECHO_SCENARIO not in config.scenarios or not traced_levels(config) or skipped:
+        return None
+    if sink is None:
+        error = NOT_STARTED
+    elif sink.spans <= 0:
+        error = NO_SPANS
+    else:
+        error = ""
+    return TracingCost(
+        name=NAME,
+        concurrency=RATIO_C,
+        on_vs_off=_find(ratios, TRACED, SUBJECT),
+        off_vs_echo=_find(ratios, SUBJECT, BASELINE),
+        spans=sink.spans if sink else 0,
+        exports=sink.exports if sink else 0,
+        error=error,
+    )
+
+
+def _range(r: Ratio | None) -> str:
+    if r is None:
+        return "n/a"
+    return f"{number(r.low)}-{number(r.high)}" if r.low != r.high else number(r.low)
+
+
+def tracing_section(cost: TracingCost | None, skipped: str) -> list[str]:
+    if cost is None and not skipped:
+        return []
+    out = ["", f"## Tracing on / off (`{TRACED}` / `{SUBJECT}`, unary calls/s)", ""]
+    if skipped:
+        return [*out, skipped]
+    assert cost is not None
+    out += [
+        f"`{TRACED}`: a third omnirelay server, the same as `{SUBJECT}` on the same core, but with "
+        "tracing on: every call sampled (`OMNIRELAY_TRACING__SAMPLE_RATIO=1.0`), its spans batched and "
+        "exported over OTLP/gRPC (`OMNIRELAY_TRACING__EXPORTER=otlp_grpc`) to a minimal collector the "
+        "bench runs on the load generator's core (bench/otlp_sink.py), which accepts and counts them. "
+        f"Measured next to `{SUBJECT}` in each repeat (ABBA); its rows are in the unary table above. "
+        "A figure, not a target: under 1 is what tracing every call costs.",
+        "",
+    ]
+    on = cost.on_vs_off
+    value = number(on.of_medians) if on else "not measured"
+    spans = f"{cost.spans:,} in {cost.exports:,} exports"
+    if cost.error:
+        value += f", ERROR: {cost.error}"
+        spans += f", ERROR: {cost.error}"
+    off = cost.off_vs_echo
+    out += table(
+        ("figure", "c", "value", "per-repeat range"),
+        "lrrr",
+        [
+            (f"`{cost.name}`: `{TRACED}` / `{SUBJECT}`", str(cost.concurrency), value, _range(on)),
+            ("spans the OTLP sink received (warm-ups and probes included)", "", spans, ""),
+            (
+                f"tracing off: `{SUBJECT}` / `echo` (as in the table above)",
+                str(cost.concurrency),
+                number(off.of_medians) if off else "not measured",
+                _range(off),
+            ),
+        ],
+    )
+    out += [
+        "",
+        f"Tracing is off in `{SUBJECT}` (the default: no interceptor, no span), so its unary ratio to "
+        f"`echo` at c={cost.concurrency} includes whatever the disabled path costs. To see that cost, "
+        "compare this ratio with a run of a commit before tracing on the same machine: a difference "
+        "within the per-repeat ranges is noise.",
+    ]
+    return out
+
+
+def figure_lines(cost: TracingCost | None) -> list[str]:
+    """Lines a script can grep for: `FIGURE tracing_cost_unary_c64: 0.85 (spans=35120)`, or
+    `FIGURE tracing_cost_unary_c64: ERROR (…)` when the sink received no spans."""
+    if cost is None:
+        return []
+    if cost.error:
+        return [f"FIGURE {cost.name}: ERROR ({cost.error})"]
+    value = number(cost.on_vs_off.of_medians) if cost.on_vs_off else "n/a"
+    return [f"FIGURE {cost.name}: {value} (spans={cost.spans})"]
