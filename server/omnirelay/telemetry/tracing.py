@@ -19,20 +19,87 @@ no span, and the router's only cost is one context-variable read per call.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from grpc import aio
 from opentelemetry.instrumentation.grpc._aio_server import OpenTelemetryAioServerInterceptor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
 from omnirelay.config.telemetry import TracingSettings
 from omnirelay.telemetry.spans import SpanSource, Upstream
 
 _SCOPE = "omnirelay"
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExportTally:
+    """What became of the sampled spans by the end of the shutdown."""
+
+    ended: int
+    exported: int
+    # The collector refused them or did not answer within the export timeout.
+    failed: int
+    # Still queued when the shutdown's bound ran out.
+    unsent: int
+
+    @property
+    def dropped(self) -> int:
+        """Spans the full queue turned away while the collector lagged."""
+        return self.ended - self.exported - self.failed - self.unsent
+
+
+class _CountingExporter(SpanExporter):
+    """Counts what the wrapped exporter delivered, so a shutdown can say what it could not."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+        self.unsent = 0
+        self.closed = False
+        self._stopped = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self.closed:
+            self.unsent += len(spans)
+            return SpanExportResult.FAILURE
+        result = self.inner.export(spans)
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        # Called twice when the bound ran out (once to end the export in flight, once by the
+        # processor); the OTLP exporters warn on the second call.
+        if not self._stopped:
+            self._stopped = True
+            self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+class _CountingProcessor(BatchSpanProcessor):
+    def __init__(self, exporter: _CountingExporter, **options: Any) -> None:
+        super().__init__(exporter, **options)
+        self.counting = exporter
+        self.ended = 0
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # One add per span: the only cost of being able to say at shutdown what was lost.
+        if span.context is not None and span.context.trace_flags.sampled:
+            self.ended += 1
+        super().on_end(span)
 
 
 class Tracing:
@@ -51,16 +118,16 @@ class Tracing:
             sampler=ParentBased(TraceIdRatioBased(settings.sample_ratio)),
         )
         chosen = exporter if exporter is not None else _exporter(settings)
+        self._batches: _CountingProcessor | None = None
         if chosen is not None:
-            self.provider.add_span_processor(
-                BatchSpanProcessor(
-                    chosen,
-                    max_queue_size=settings.max_queue_size,
-                    schedule_delay_millis=settings.schedule_delay_seconds * 1000,
-                    max_export_batch_size=settings.max_export_batch_size,
-                    export_timeout_millis=settings.export_timeout_seconds * 1000,
-                )
+            self._batches = _CountingProcessor(
+                _CountingExporter(chosen),
+                max_queue_size=settings.max_queue_size,
+                schedule_delay_millis=settings.schedule_delay_seconds * 1000,
+                max_export_batch_size=settings.max_export_batch_size,
+                export_timeout_millis=settings.export_timeout_seconds * 1000,
             )
+            self.provider.add_span_processor(self._batches)
         self.spans = SpanSource(self.provider.get_tracer(_SCOPE), upstreams, settings.content, redact)
 
     def interceptor(self) -> aio.ServerInterceptor:
@@ -69,9 +136,42 @@ class Tracing:
     def force_flush(self, timeout_seconds: float = 5.0) -> bool:
         return self.provider.force_flush(int(timeout_seconds * 1000))
 
-    def shutdown(self) -> None:
-        """Export what is queued (bounded by the export timeout), then stop the exporter."""
-        self.provider.shutdown()
+    def shutdown(self) -> ExportTally:
+        """Export what is queued, within one export timeout in all, then stop the exporter.
+
+        The SDK's own shutdown exports batch after batch, each waiting out the export timeout
+        when the collector is unreachable; a gateway stopping for a deploy must not wait that
+        long. Past the bound the rest is counted as not sent, and the line says so.
+        """
+        batches = self._batches
+        if batches is None:
+            self.provider.shutdown()
+            return ExportTally(0, 0, 0, 0)
+        bound = self.settings.export_timeout_seconds
+        stopping = threading.Thread(target=self.provider.shutdown, name="omnirelay-tracing-stop", daemon=True)
+        stopping.start()
+        stopping.join(bound)
+        if stopping.is_alive():
+            counting = batches.counting
+            counting.closed = True
+            # Ends the export in flight (its retry wait) so the queue drains into "not sent".
+            counting.shutdown()
+            stopping.join(bound)
+        counting = batches.counting
+        tally = ExportTally(batches.ended, counting.exported, counting.failed, counting.unsent)
+        if tally.exported < tally.ended:
+            log.warning(
+                "tracing stopped: %d of %d spans exported; %d failed, %d not sent within %.3g s, "
+                "%d dropped by the full queue (collector %s)",
+                tally.exported,
+                tally.ended,
+                tally.failed,
+                tally.unsent,
+                bound,
+                tally.dropped,
+                self.settings.endpoint,
+            )
+        return tally
 
 
 def _exporter(settings: TracingSettings) -> SpanExporter | None:
