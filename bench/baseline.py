@@ -1,7 +1,9 @@
-"""What the bare baseline servers (echo, relay) share: they answer Complete and refuse the rest."""
+"""What the bench's own servers (echo, relay, OTLP sink) share: Complete only, and the serve loop."""
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from typing import Any
 
 import grpc
@@ -30,3 +32,16 @@ class CompleteOnly(completion_pb2_grpc.CompletionServiceServicer):
         self, request: completion_pb2.ListModelsRequest, context: Context
     ) -> completion_pb2.ListModelsResponse:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED, self.refusal)
+
+
+async def serve_until_signalled(server: grpc.aio.Server, host: str, port: int, banner: str) -> None:
+    """Serve on host:port (0 picks one), print the line the runner waits for, stop on SIGTERM/SIGINT."""
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"{banner} serving on {host}:{bound}", flush=True)
+    await stop.wait()
+    await server.stop(grace=1.0)

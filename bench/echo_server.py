@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
 from google.protobuf import duration_pb2
 
-from bench.baseline import CompleteOnly
+from bench.baseline import CompleteOnly, serve_until_signalled
 from bench.workload import MODEL, STREAM_MAX_TOKENS, UNARY_MAX_TOKENS
 from omnirelay_client.v1 import (
     completion_pb2,
@@ -124,15 +123,7 @@ async def serve(host: str, port: int, banner: str) -> None:
     completion = EchoCompletion(build_unary_response())
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(completion, server)
     stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(EchoStream(build_stream_events()), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"{banner} serving on {host}:{bound}", flush=True)
-    await stop.wait()
-    await server.stop(grace=1.0)
+    await serve_until_signalled(server, host, port, banner)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ from typing import Any
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from bench.baseline import serve_until_signalled
 
 BANNER = "otlp-sink"
 
@@ -79,15 +80,7 @@ async def serve(host: str, port: int, count_file: Path) -> None:
     server = grpc.aio.server()
     # The generated registration (untyped: opentelemetry-proto ships no stub for its grpc module).
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Sink(count_file), server)  # type: ignore[no-untyped-call]
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"{BANNER} serving on {host}:{bound}", flush=True)
-    await stop.wait()
-    await server.stop(grace=1.0)
+    await serve_until_signalled(server, host, port, BANNER)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

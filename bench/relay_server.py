@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,7 +25,7 @@ import grpc
 import httpx
 from google.protobuf import duration_pb2
 
-from bench.baseline import CompleteOnly
+from bench.baseline import CompleteOnly, serve_until_signalled
 from bench.limits import raise_open_files
 from bench.workload import SIM_API_KEY
 from omnirelay_client.v1 import (
@@ -203,15 +202,7 @@ async def serve(host: str, port: int, upstream: str, connections: int) -> None:
     server = grpc.aio.server()
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(RelayCompletion(client), server)
     stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(RelayStream(client), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"relay serving on {host}:{bound}", flush=True)
-    await stop.wait()
-    await server.stop(grace=1.0)
+    await serve_until_signalled(server, host, port, "relay")
     await client.aclose()
 
 

@@ -6,7 +6,6 @@ the figure (stated, not judged; an error when the sink received no spans), and i
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 from collections.abc import Sequence
@@ -19,7 +18,6 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from bench import report, run
-from bench.loadcore import LoadResult
 from bench.machine import MachineFacts
 from bench.otlp_sink import Sink, SinkCount, read_count, span_count, write_count
 from bench.outcome import Outcome
@@ -29,14 +27,11 @@ from bench.results import (
     BASELINE,
     CACHE_HIT,
     ECHO_SCENARIO,
-    SCENARIOS,
     SUBJECT,
     TARGETS,
     TRACED,
     UNRECORDED,
-    Measurement,
     Ratio,
-    RunConfig,
     ratio,
 )
 from bench.scenarios import (
@@ -61,34 +56,7 @@ from bench.tracing import (
     tracing_section,
 )
 from omnirelay.config import load_settings
-
-
-def config(**changes: object) -> RunConfig:
-    base = RunConfig(
-        duration_s=2.0,
-        warmup_s=0.5,
-        repeats=3,
-        concurrency=(1, 16, 64, 256),
-        channels=4,
-        modes=("unary", "stream"),
-        scenarios=SCENARIOS,
-        sim_concurrency=(1, 64),
-        cache_concurrency=(64,),
-        workers_concurrency=64,
-        workers_channels=16,
-        streams_local=10_000,
-        streams_sim=1_000,
-        streams_relay=True,
-        start_repeats=5,
-        warm_calls=100,
-        quiet_wait_s=20.0,
-        retries=1,
-        patience_s=90.0,
-        server_cpus=(0,),
-        loadgen_cpus=(1,),
-        all_cpus=(0, 1),
-    )
-    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+from tests.bench_helpers import config, measured
 
 
 def traced(value: float, low: float | None = None, high: float | None = None, c: int = 64) -> Ratio:
@@ -178,31 +146,6 @@ def test_section_rows_state_the_cost_the_spans_and_the_disabled_path() -> None:
     )
     assert rows[4] == "| tracing off: `omnirelay` / `echo` (as in the table above) | 64 | 0.62 | 0.60-0.64 |"
     assert "Tracing is off in `omnirelay`" in lines[-1]
-
-
-def measured(target: str, repeat: int, calls_per_s: float) -> Measurement:
-    calls = round(calls_per_s * 2)
-    result = LoadResult(
-        mode="unary",
-        concurrency=64,
-        window_s=2.0,
-        calls=calls,
-        errors=0,
-        messages=calls,
-        calls_per_s=calls_per_s,
-        messages_per_s=calls_per_s,
-        latency_p50_ms=60.0,
-        latency_p99_ms=80.0,
-        ttfm_p50_ms=0.0,
-        ttfm_p99_ms=0.0,
-        server_cpu=1.0,
-        server_core_busy=1.0,
-        loadgen_cpu=0.4,
-        probe_messages=1,
-        probe_bytes=292,
-        first_error="",
-    )
-    return Measurement(ECHO_SCENARIO, target, "unary", 64, repeat, result)
 
 
 def test_ratio_of_traced_over_omnirelay_and_its_line() -> None:

@@ -1,0 +1,61 @@
+"""What the bench's unit tests build again and again: a default run configuration, a measurement."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from bench.loadcore import LoadResult
+from bench.results import ECHO_SCENARIO, SCENARIOS, Measurement, RunConfig
+
+
+def config(**changes: object) -> RunConfig:
+    base = RunConfig(
+        duration_s=2.0,
+        warmup_s=0.5,
+        repeats=3,
+        concurrency=(1, 16, 64, 256),
+        channels=4,
+        modes=("unary", "stream"),
+        scenarios=SCENARIOS,
+        sim_concurrency=(1, 64),
+        cache_concurrency=(64,),
+        workers_concurrency=64,
+        workers_channels=16,
+        streams_local=10_000,
+        streams_sim=1_000,
+        streams_relay=True,
+        start_repeats=5,
+        warm_calls=100,
+        quiet_wait_s=20.0,
+        retries=1,
+        patience_s=90.0,
+        server_cpus=(0,),
+        loadgen_cpus=(1,),
+        all_cpus=(0, 1),
+    )
+    return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
+
+
+def measured(target: str, repeat: int, calls_per_s: float) -> Measurement:
+    calls = round(calls_per_s * 2)
+    result = LoadResult(
+        mode="unary",
+        concurrency=64,
+        window_s=2.0,
+        calls=calls,
+        errors=0,
+        messages=calls,
+        calls_per_s=calls_per_s,
+        messages_per_s=calls_per_s,
+        latency_p50_ms=60.0,
+        latency_p99_ms=80.0,
+        ttfm_p50_ms=0.0,
+        ttfm_p99_ms=0.0,
+        server_cpu=1.0,
+        server_core_busy=1.0,
+        loadgen_cpu=0.4,
+        probe_messages=1,
+        probe_bytes=292,
+        first_error="",
+    )
+    return Measurement(ECHO_SCENARIO, target, "unary", 64, repeat, result)
