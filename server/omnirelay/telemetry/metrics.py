@@ -14,13 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import NamedTuple, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from omnirelay.cache.layer import CacheCounters
 from omnirelay.resilience.breaker import BreakerState
+from omnirelay.telemetry.series import Count, CounterFamily, Families, Histogram, HistogramFamily
 from omnirelay.telemetry.spans import status_name
 from omnirelay.usage.recorder import RecorderCounters
 from omnirelay.usage.records import UsageRecord
@@ -67,7 +68,7 @@ class InFlightCount(Protocol):
 class _Series(NamedTuple):
     """One label set's children, bound once and reused for every call that has it."""
 
-    requests: Counter
+    requests: Count
     duration: Histogram
     ttft: Histogram
     input_tokens: Histogram
@@ -85,80 +86,84 @@ class GatewayMetrics:
         self._max_projects = max_projects
         self._projects: set[str] = set()
         self._series: dict[tuple[str, str, str, str, str, str, int], _Series] = {}
-        self.duration = Histogram(
+        self.duration = HistogramFamily(
             "gen_ai_client_operation_duration_seconds",
             "GenAI operation duration, from the call's arrival to its end (gen_ai.client.operation.duration)",
             (*_GENAI, "error_type"),
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.ttft = Histogram(
+        self.ttft = HistogramFamily(
             "gen_ai_client_operation_time_to_first_chunk_seconds",
             "Time to the first chunk of a streamed answer (gen_ai.client.operation.time_to_first_chunk)",
             _GENAI,
-            buckets=DURATION_BUCKETS,
-            registry=r,
+            DURATION_BUCKETS,
         )
-        self.tokens = Histogram(
+        self.tokens = HistogramFamily(
             "gen_ai_client_token_usage",
             "Tokens used per call, by type (gen_ai.client.token.usage)",
             (*_GENAI, "gen_ai_token_type"),
-            buckets=TOKEN_BUCKETS,
-            registry=r,
+            TOKEN_BUCKETS,
         )
-        self.requests = Counter(
+        self.requests = CounterFamily(
             "omnirelay_requests",
             "Completion calls by model, provider, deployment and final gRPC status",
             ("method", "model", "provider", "deployment", "grpc_code"),
-            registry=r,
         )
-        self.cost = Counter(
+        self.cost = CounterFamily(
             "omnirelay_cost_usd",
             "Upstream cost in US dollars, by model and project",
             ("model", "project"),
-            registry=r,
         )
-        self.saved = Counter(
+        self.saved = CounterFamily(
             "omnirelay_cache_saved_usd",
             "Upstream cost the cache saved, in US dollars",
             ("model",),
-            registry=r,
         )
-        self.cache = Counter(
+        self.cache = CounterFamily(
             "omnirelay_cache_requests",
             "Completion calls by cache outcome (hit, miss, coalesced, bypass, refresh)",
             ("model", "outcome"),
-            registry=r,
         )
-        self.retries = Counter(
+        self.retries = CounterFamily(
             "omnirelay_retries",
             "Upstream attempts that retried a deployment",
             ("provider", "model"),
-            registry=r,
         )
-        self.fallbacks = Counter(
+        self.fallbacks = CounterFamily(
             "omnirelay_fallbacks",
             "Calls served by another deployment or model than the first choice",
             ("model",),
-            registry=r,
         )
-        self.upstream_errors = Counter(
+        self.upstream_errors = CounterFamily(
             "omnirelay_upstream_errors",
             "Failed upstream attempts by provider and failure class",
             ("provider", "class"),
-            registry=r,
         )
-        self.breaker_rejections = Counter(
+        self.breaker_rejections = CounterFamily(
             "omnirelay_breaker_rejections",
             "Attempts not made because the deployment's circuit breaker was open",
             ("deployment",),
-            registry=r,
         )
-        self.breaker_transitions = Counter(
+        self.breaker_transitions = CounterFamily(
             "omnirelay_breaker_transitions",
             "Circuit breaker state changes",
             ("deployment", "from_state", "to_state"),
-            registry=r,
+        )
+        r.register(
+            Families(
+                self.duration,
+                self.ttft,
+                self.tokens,
+                self.requests,
+                self.cost,
+                self.saved,
+                self.cache,
+                self.retries,
+                self.fallbacks,
+                self.upstream_errors,
+                self.breaker_rejections,
+                self.breaker_transitions,
+            )
         )
         ProcessCollector(registry=r)
 
@@ -183,7 +188,7 @@ class GatewayMetrics:
         if series is None:
             series = self._bind(record, model, provider)
             self._series[key] = series
-        series.requests.inc()
+        series.requests.value += 1
         series.duration.observe(record.latency_seconds)
         if record.ttft_seconds is not None and record.streamed:
             series.ttft.observe(record.ttft_seconds)
@@ -192,28 +197,28 @@ class GatewayMetrics:
             series.input_tokens.observe(usage.input_tokens)
             series.output_tokens.observe(usage.output_tokens)
         if usage.cost_micros:
-            self.cost.labels(model, self._project(record.project)).inc(usage.cost_micros / 1e6)
+            self.cost.inc((model, self._project(record.project)), usage.cost_micros / 1e6)
         if record.cache:
-            self.cache.labels(model, record.cache).inc()
+            self.cache.inc((model, record.cache))
             if record.saved_cost_micros:
-                self.saved.labels(model).inc(record.saved_cost_micros / 1e6)
+                self.saved.inc((model,), record.saved_cost_micros / 1e6)
         if len(record.attempts) > 1 or code:
             self._attempts(record, model)
 
     def _attempts(self, record: UsageRecord, model: str) -> None:
         if record.fallback_used:
-            self.fallbacks.labels(model).inc()
+            self.fallbacks.inc((model,))
         previous = ""
         for a in record.attempts:
             if a.outcome == "circuit_open":
-                self.breaker_rejections.labels(a.deployment).inc()
+                self.breaker_rejections.inc((a.deployment,))
                 continue
             if a.deployment == previous:
                 # A retry belongs to the provider it retried, not to whoever answered in the end.
-                self.retries.labels(a.provider or OTHER, model).inc()
+                self.retries.inc((a.provider or OTHER, model))
             previous = a.deployment
             if a.outcome not in _NOT_ERRORS:
-                self.upstream_errors.labels(a.provider, a.outcome).inc()
+                self.upstream_errors.inc((a.provider, a.outcome))
 
     def _bind(self, record: UsageRecord, model: str, provider: str) -> _Series:
         operation = "chat"
@@ -223,13 +228,13 @@ class GatewayMetrics:
         error = status_name(record.status_code) if record.status_code else ""
         method = "StreamComplete" if record.streamed else "Complete"
         series = _Series(
-            self.requests.labels(
-                method, model, provider, record.deployment or OTHER, status_name(record.status_code)
+            self.requests.child(
+                (method, model, provider, record.deployment or OTHER, status_name(record.status_code))
             ),
-            self.duration.labels(*genai, error),
-            self.ttft.labels(*genai),
-            self.tokens.labels(*genai, "input"),
-            self.tokens.labels(*genai, "output"),
+            self.duration.child((*genai, error)),
+            self.ttft.child(genai),
+            self.tokens.child((*genai, "input")),
+            self.tokens.child((*genai, "output")),
         )
         return series
 
@@ -249,7 +254,7 @@ class GatewayMetrics:
     # --- events from elsewhere ------------------------------------------------------------
 
     def breaker_changed(self, deployment: str, old: BreakerState, new: BreakerState) -> None:
-        self.breaker_transitions.labels(deployment, old.name.lower(), new.name.lower()).inc()
+        self.breaker_transitions.inc((deployment, old.name.lower(), new.name.lower()))
 
     def watch(self, collector: Collector) -> None:
         """Add a collector read at scrape time (state that other parts already keep)."""
