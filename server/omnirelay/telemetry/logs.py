@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
+
+import orjson
 
 from omnirelay.config.telemetry import LoggingSettings
 from omnirelay.interceptors.edge import current_request_id
@@ -33,27 +36,38 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-# One encoder for every line: json.dumps with options builds a new one per call.
-_ENCODE = json.JSONEncoder(ensure_ascii=False).encode
+def _encode(entry: dict[str, Any]) -> str:
+    # Anything orjson does not know (an exception object passed as a field, say) as its str().
+    return orjson.dumps(entry, default=str).decode()
+
+
+class _Stamp:
+    """A line's time, with the date part formatted once per second (lines come many per second)."""
+
+    def __init__(self, pattern: str, convert: Callable[[float], time.struct_time], millis: str) -> None:
+        self._pattern = pattern
+        self._convert = convert
+        self._millis = millis
+        self._second = -1
+        self._stamp = ""
+
+    def __call__(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime(self._pattern, self._convert(second))
+        return self._millis.format(self._stamp, int(record.msecs))
 
 
 class JsonFormatter(logging.Formatter):
     def __init__(self, redact: Redact) -> None:
         super().__init__()
         self._redact = redact
-        self._second = -1
-        self._stamp = ""
-
-    def _time(self, created: float, msecs: float) -> str:
-        second = int(created)
-        if second != self._second:  # lines come many per second: format the date once per second
-            self._second = second
-            self._stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-        return f"{self._stamp}.{int(msecs):03d}Z"
+        self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, "{}.{:03d}Z")
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": self._time(record.created, record.msecs),
+            "ts": self._time(record),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -66,30 +80,40 @@ class JsonFormatter(logging.Formatter):
             entry.update(fields)
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return self._redact(_ENCODE(entry))
+        return self._redact(_encode(entry))
 
 
 class TextFormatter(logging.Formatter):
+    """``2026-11-22 10:00:00,123 INFO    omnirelay.access request k=v ...`` (local time)."""
+
     def __init__(self, redact: Redact) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s %(message)s")
+        super().__init__()
         self._redact = redact
+        self._time = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, "{},{:03d}")
 
     def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
+        # logging.Formatter.format with "%(asctime)s ..." costs a strftime and a %-format per line.
+        line = f"{self._time(record)} {record.levelname:<7} {record.name} {record.getMessage()}"
         fields = getattr(record, "fields", None)
         if fields:
-            line += " " + " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v not in ("", None))
+            line += " " + " ".join([f"{k}={_text(v)}" for k, v in fields.items() if v not in ("", None)])
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        if record.stack_info:
+            line += "\n" + self.formatStack(record.stack_info)
         return self._redact(line)
 
 
+# Printable ASCII but space, '"' and '=': such a value cannot be misread, so it goes bare.
+_BARE = re.compile(r"[!#-<>-~]+")
+
+
 def _text(value: object) -> str:
-    if not isinstance(value, str):
+    if type(value) is not str:
         return str(value)
-    # Quoted (and escaped) whenever the bare value could be misread: a caller's model name
-    # with a newline or "k=v" inside must not forge a second line or field.
-    if value and value.isprintable() and not any(ch in value for ch in ' "='):
-        return value
-    return json.dumps(value, ensure_ascii=False)
+    # Anything else is quoted and escaped: a caller's model name with a newline or "k=v" inside
+    # must not forge a second line or field.
+    return value if _BARE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
 
 
 def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
