@@ -2,7 +2,8 @@
 
 Per call the work is one ``observe`` of the finished usage record (the same
 record the ledger gets), on a label set looked up once per distinct route and
-status and then reused; nothing is counted per token. Values that other parts
+status and then reused, into plain numbers (``telemetry.series``: no lock per
+increment); nothing is counted per token. Values that other parts
 already keep (in-flight calls, breaker states, recorder and cache counters) are
 read only when Prometheus scrapes. Label values are bounded: models are the
 configured names (anything else is "other"), projects are capped at
