@@ -336,6 +336,8 @@ def build_app(
                 cache.counters if cache is not None else None,
             )
         )
+        if tracing is not None:
+            metrics.watch(tracing.collector())
         admin = AdminServer(metrics.registry, settings.metrics.host, settings.metrics.port)
     bind_host = host if host is not None else s.host
     bind_port = port if port is not None else s.port

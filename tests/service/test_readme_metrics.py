@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import httpx
-from grpc import aio
 
-from omnirelay.app import App
+from omnirelay.config import Settings
+from omnirelay.config.telemetry import TracingSettings
 from omnirelay_client.v1 import completion_pb2_grpc
+from tests.conftest import StartServer
 from tests.helpers import request
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -30,8 +32,12 @@ def readme_names() -> set[str]:
     return {base(found) for found in _NAME.findall(section)}
 
 
-async def test_every_metric_the_readme_names_is_exposed(server: tuple[App, aio.Channel]) -> None:
-    app, channel = server
+async def test_every_metric_the_readme_names_is_exposed(
+    start_server: StartServer, settings: Settings
+) -> None:
+    # Tracing on (exporting nowhere) for the span counters.
+    tracing = TracingSettings(enabled=True, exporter="none")
+    app, channel = await start_server(dataclasses.replace(settings, tracing=tracing))
     await completion_pb2_grpc.CompletionServiceStub(channel).Complete(request(temperature=0.0))
     assert app.admin is not None
     async with httpx.AsyncClient() as client:

@@ -604,3 +604,21 @@ async def test_logging_state_is_restored_for_other_tests() -> None:
     assert logging.getLogger("omnirelay").propagate
     assert logging.getLogger(ACCESS).level == logging.NOTSET
     assert logging._srcfile is not None
+
+
+def test_the_span_batchers_per_span_warning_is_off_and_can_be_turned_back_on(
+    configure_logs: Configure, logging_state: LoggingState, settings: Settings
+) -> None:
+    # Under a lagging collector the SDK would warn once per dropped span: a line per call.
+    batcher = logging.getLogger(logs.SPAN_BATCHER_LOGGER)
+    logging_state.remember(logs.SPAN_BATCHER_LOGGER)
+    captured = configure_logs(JSON, settings)
+    batcher.warning("Queue full, dropping Span.")
+    batcher.error("Exception while exporting Span.")  # a failed export still says so
+    assert [e["msg"] for e in captured.entries()] == ["Exception while exporting Span."]
+
+    captured = configure_logs(
+        dataclasses.replace(JSON, levels=((logs.SPAN_BATCHER_LOGGER, "WARNING"),)), settings
+    )
+    batcher.warning("Queue full, dropping Span.")
+    assert [e["msg"] for e in captured.entries()] == ["Queue full, dropping Span."]

@@ -11,6 +11,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import grpc
+import httpx
 import pytest
 from grpc import aio
 from opentelemetry.sdk.trace import ReadableSpan
@@ -364,3 +365,17 @@ async def test_streamed_content_is_the_delivered_text(serve: Start, settings: Se
     call = one(finished(app, exporter), "chat local-small")
     assert delivered
     assert delivered in str(dict(call.attributes or {})["gen_ai.output.messages"])
+
+
+async def test_metrics_count_the_spans_ended_and_exported(serve: Start, settings: Settings) -> None:
+    app, channel, exporter = await serve(traced(settings))
+    await completion_pb2_grpc.CompletionServiceStub(channel).Complete(request("count my spans"))
+    spans = finished(app, exporter)
+    assert app.admin is not None
+    async with httpx.AsyncClient(timeout=5.0) as client:
+        text = (await client.get(f"http://127.0.0.1:{app.admin.port}/metrics")).text
+    # The server, call and attempt spans: all ended, all exported, none failed.
+    assert len(spans) == 3
+    assert 'omnirelay_trace_spans_total{state="ended"} 3.0' in text
+    assert 'omnirelay_trace_spans_total{state="exported"} 3.0' in text
+    assert 'omnirelay_trace_spans_total{state="failed"} 0.0' in text

@@ -15,6 +15,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import CollectorRegistry, generate_latest
 
 from omnirelay.config.telemetry import TracingSettings
 from omnirelay.telemetry.tracing import Tracing
@@ -117,3 +118,32 @@ def test_a_full_queue_is_counted_as_dropped() -> None:
     _spans(tracing, 6)  # the queue takes four; with the worker stuck, two are turned away
     tally = tracing.shutdown()
     assert (tally.ended, tally.exported, tally.failed, tally.unsent, tally.dropped) == (8, 0, 2, 4, 2)
+
+
+def _scraped(tracing: Tracing) -> dict[str, float]:
+    registry = CollectorRegistry()
+    registry.register(tracing.collector())
+    found: dict[str, float] = {}
+    for line in generate_latest(registry).decode().splitlines():
+        if line.startswith("omnirelay_trace_spans_total{"):
+            labels, value = line.rsplit(" ", 1)
+            found[labels.split('"')[1]] = float(value)
+    return found
+
+
+def test_span_counters_for_metrics_follow_the_exports() -> None:
+    tracing = _tracing(InMemorySpanExporter())
+    assert _scraped(tracing) == {"ended": 0.0, "exported": 0.0, "failed": 0.0}
+    _spans(tracing, 5)
+    assert _scraped(tracing) == {"ended": 5.0, "exported": 0.0, "failed": 0.0}  # queued, not yet sent
+    assert tracing.force_flush()
+    assert _scraped(tracing) == {"ended": 5.0, "exported": 5.0, "failed": 0.0}
+    tracing.shutdown()
+
+
+def test_span_counters_count_failed_exports() -> None:
+    hanging = _Hanging()
+    tracing = _tracing(hanging, export_timeout_seconds=0.2)
+    _spans(tracing, 4)
+    tracing.shutdown()
+    assert _scraped(tracing) == {"ended": 4.0, "exported": 0.0, "failed": 2.0}

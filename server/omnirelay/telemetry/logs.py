@@ -27,6 +27,7 @@ from omnirelay.telemetry.spans import retries, status_name
 from omnirelay.usage.records import UsageRecord
 
 ACCESS_LOGGER = "omnirelay.access"
+SPAN_BATCHER_LOGGER = "opentelemetry.sdk._shared_internal"
 Redact = Callable[[str], str]
 
 
@@ -141,6 +142,9 @@ def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
     libraries = logging.getLogger()
     libraries.handlers[:] = [handler]
     libraries.setLevel(logging.WARNING)
+    # The span batcher warns once per span it drops when its queue is full: a line per call
+    # just when the collector lags. omnirelay_trace_spans and the shutdown summary count them.
+    logging.getLogger(SPAN_BATCHER_LOGGER).setLevel(logging.ERROR)
     for name, level in settings.levels:
         logging.getLogger(name).setLevel(level)
     # The request lines follow the main level unless ``levels`` says otherwise; off means off.

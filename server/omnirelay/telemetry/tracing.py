@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +31,8 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from omnirelay.config.telemetry import TracingSettings
 from omnirelay.telemetry.spans import SpanSource, Upstream
@@ -136,6 +138,18 @@ class Tracing:
     def force_flush(self, timeout_seconds: float = 5.0) -> bool:
         return self.provider.force_flush(int(timeout_seconds * 1000))
 
+    def tally(self) -> ExportTally:
+        """The spans so far: ended (sampled), exported, failed to export, not sent at shutdown."""
+        batches = self._batches
+        if batches is None:
+            return ExportTally(0, 0, 0, 0)
+        c = batches.counting
+        return ExportTally(batches.ended, c.exported, c.failed, c.unsent)
+
+    def collector(self) -> Collector:
+        """The span counters for /metrics: what a collector that is down or slow costs in spans."""
+        return _SpanCounters(self.tally)
+
     def shutdown(self) -> ExportTally:
         """Export what is queued, within one export timeout in all, then stop the exporter.
 
@@ -157,8 +171,7 @@ class Tracing:
             # Ends the export in flight (its retry wait) so the queue drains into "not sent".
             counting.shutdown()
             stopping.join(bound)
-        counting = batches.counting
-        tally = ExportTally(batches.ended, counting.exported, counting.failed, counting.unsent)
+        tally = self.tally()
         if tally.exported < tally.ended:
             log.warning(
                 "tracing stopped: %d of %d spans exported; %d failed, %d not sent within %.3g s, "
@@ -172,6 +185,22 @@ class Tracing:
                 self.settings.endpoint,
             )
         return tally
+
+
+class _SpanCounters(Collector):
+    def __init__(self, tally: Callable[[], ExportTally]) -> None:
+        self._tally = tally
+
+    def collect(self) -> Iterator[Metric]:
+        t = self._tally()
+        spans = CounterMetricFamily(
+            "omnirelay_trace_spans",
+            "Sampled spans by what became of them (ended - exported - failed: queued or dropped)",
+            labels=("state",),
+        )
+        for state, value in (("ended", t.ended), ("exported", t.exported), ("failed", t.failed)):
+            spans.add_metric((state,), float(value))
+        yield spans
 
 
 def _exporter(settings: TracingSettings) -> SpanExporter | None:
