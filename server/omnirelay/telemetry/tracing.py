@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class ExportTally:
-    """What became of the sampled spans by the end of the shutdown."""
+    """What became of the sampled spans so far (at shutdown: in the end)."""
 
     ended: int
     exported: int
