@@ -8,7 +8,11 @@ checked on the simulator's record of each request's ``traceparent``.
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import grpc
 import httpx
@@ -379,3 +383,20 @@ async def test_metrics_count_the_spans_ended_and_exported(serve: Start, settings
     assert 'omnirelay_trace_spans_total{state="ended"} 3.0' in text
     assert 'omnirelay_trace_spans_total{state="exported"} 3.0' in text
     assert 'omnirelay_trace_spans_total{state="failed"} 0.0' in text
+
+
+def test_tracing_off_loads_no_sdk_and_no_instrumentation(tmp_path: Path) -> None:
+    # A fresh interpreter: this one has the SDK loaded by the other tests.
+    script = (
+        "import sys\n"
+        "from omnirelay.app import build_app\n"
+        "from omnirelay.config import load_settings\n"
+        "app = build_app(load_settings('development'), host='127.0.0.1', port=0)\n"
+        "assert app.tracing is None\n"
+        "tracer = ('opentelemetry.sdk', 'opentelemetry.instrumentation')\n"
+        "print(sorted(m for m in sys.modules if m.startswith(tracer)))\n"
+    )
+    env = {**os.environ, "OMNIRELAY_USAGE__SQLITE_PATH": str(tmp_path / "usage.db")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
