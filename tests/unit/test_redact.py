@@ -314,3 +314,21 @@ def test_secret_values_feed_the_log_mask() -> None:
     for secret in (OPENAI_KEY, TOKEN, WEBHOOK, PASSWORD):
         assert secret not in masked
     assert "127.0.0.1:6379/0" in masked
+
+
+def test_cards_side_by_side_in_one_run_are_each_masked() -> None:
+    text = "cards 4111 1111 1111 1111 5500 0055 5555 5559 378282246310005 done"
+    assert Pii(ALL_KINDS)(text) == "cards [CARD] [CARD] [CARD] done"
+
+
+def test_a_long_run_of_cards_is_masked_in_one_pass() -> None:
+    # Regression: the masking recursed once per card (RecursionError past ~1,000 cards in a run)
+    # and rescanned the run each time.
+    count = 5_000
+    masked = Pii(["card"])(" ".join(["4111 1111 1111 1111"] * count))
+    assert masked == " ".join(["[CARD]"] * count)
+
+
+def test_digits_around_cards_in_a_long_run_survive() -> None:
+    run = " ".join(["7", "4111-1111-1111-1111", "12"] * 3)
+    assert Pii(["card"])(f"x {run} y") == "x " + " ".join(["7", "[CARD]", "12"] * 3) + " y"

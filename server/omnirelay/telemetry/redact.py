@@ -96,6 +96,8 @@ class Pii:
 _SEPARATOR = re.compile(r"([ -])")
 # Card lengths, most common first: when a run holds several Luhn-valid spans, the likelier wins.
 _CARD_LENGTHS = (16, 15, 14, 19, 13, 17, 18)
+# How many groups before a card may belong to something else in the same run ("qty 2 4111 ...").
+_LEADING_GROUPS = 3
 _NOT_A_PHONE = re.compile(
     r"\d{4}([-./])\d{1,2}\1\d{1,2}"  # 2026-11-22
     r"|\d{1,2}([-./])\d{1,2}\2\d{4}"  # 22.11.2026
@@ -110,28 +112,39 @@ def _mask_card(match: re.Match[str]) -> str:
 
 
 def _mask_card_groups(groups: list[str], separators: list[str]) -> str:
-    """Masks the card made of whole groups, then looks for more on either side of it."""
+    """Masks each card made of whole groups, left to right, in one pass (linear in the run)."""
+    out: list[str] = []
+    i = 0
+    while i < len(groups):
+        found = _card_at(groups, i)
+        if found is None:
+            out.append(groups[i])
+            end = i + 1
+        else:
+            first, end = found
+            out.extend(g + s for g, s in zip(groups[i:first], separators[i:first], strict=True))
+            out.append(_MASKS["card"])
+        if end < len(groups):
+            out.append(separators[end - 1])
+        i = end
+    return "".join(out)
+
+
+def _card_at(groups: list[str], i: int) -> tuple[int, int] | None:
+    """The likeliest card starting within the next few groups: a quantity or a short prefix
+    may stand before it in the same run. (first group, end group) or None."""
     best: tuple[int, int, int] | None = None  # (preference, first group, end group)
-    for first in range(len(groups)):
-        digits = ""
+    for first in range(i, min(i + _LEADING_GROUPS, len(groups))):
+        digits = 0
         for end in range(first + 1, len(groups) + 1):
-            digits += groups[end - 1]
-            if len(digits) > 19:
+            digits += len(groups[end - 1])
+            if digits > 19:
                 break
-            if len(digits) in _CARD_LENGTHS and _luhn(digits):
-                rank = _CARD_LENGTHS.index(len(digits))
+            if digits in _CARD_LENGTHS and _luhn("".join(groups[first:end])):
+                rank = _CARD_LENGTHS.index(digits)
                 if best is None or rank < best[0]:
                     best = (rank, first, end)
-    if best is None:
-        return "".join(g + s for g, s in zip(groups, [*separators, ""], strict=True))
-    _, first, end = best
-    out = ""
-    if first:
-        out = _mask_card_groups(groups[:first], separators[: first - 1]) + separators[first - 1]
-    out += _MASKS["card"]
-    if end < len(groups):
-        out += separators[end - 1] + _mask_card_groups(groups[end:], separators[end:])
-    return out
+    return None if best is None else (best[1], best[2])
 
 
 def _mask_phone(match: re.Match[str]) -> str:
