@@ -332,3 +332,19 @@ def test_a_long_run_of_cards_is_masked_in_one_pass() -> None:
 def test_digits_around_cards_in_a_long_run_survive() -> None:
     run = " ".join(["7", "4111-1111-1111-1111", "12"] * 3)
     assert Pii(["card"])(f"x {run} y") == "x " + " ".join(["7", "[CARD]", "12"] * 3) + " y"
+
+
+def test_an_email_match_starts_only_where_a_local_part_starts() -> None:
+    """What keeps the e-mail search linear: no attempt from inside a run of local-part characters.
+
+    Before, each position of a long "@"-less run was a new attempt scanning to its end: a 40 kB
+    run of letters took seconds of the event loop's time with content logging on.
+    """
+    from omnirelay.telemetry.redact import _PII
+
+    email = _PII["email"]
+    assert email.match("ana.maria@example.com", 1) is None
+    assert email.match("ana.maria@example.com", 0) is not None
+    text = "x" * 100_000 + " write to ana@example.com " + "y." * 50_000
+    masked = Pii(["email"])(text)
+    assert masked == "x" * 100_000 + " write to [EMAIL] " + "y." * 50_000
