@@ -25,7 +25,7 @@ from grpc import aio
 
 from omnirelay.app import App
 from omnirelay.config import HttpProviderSettings, Settings, secret_values
-from omnirelay.config.routing import RetrySettings
+from omnirelay.config.routing import BreakerSettings, RetrySettings
 from omnirelay.config.telemetry import LoggingSettings
 from omnirelay.sim.server import RunningSim
 from omnirelay.sim.server import start as start_sim
@@ -423,6 +423,29 @@ async def test_an_upstream_failure_is_in_the_request_line(
     assert line["status"] == "UNAVAILABLE"
     assert (line["provider"], line["deployment"]) == ("p1", "p1/a+fault=500")
     assert (line["input_tokens"], line["output_tokens"]) == (0, 0)
+
+
+async def test_lifecycle_and_breaker_events_are_lines_in_the_configured_format(
+    start: Start, settings: Settings, sim: RunningSim
+) -> None:
+    providers = [sim_provider("p1", sim)]
+    models = [model("m", ("p1", "a+fault=500"))]
+    opens = BreakerSettings(failure_threshold=1, reset_timeout_seconds=60.0)
+    app, channel, captured = await start(routed(settings, providers, models, breaker=opens))
+    with pytest.raises(aio.AioRpcError):
+        await unary(channel).Complete(request(model="m"), metadata=metadata("rid-opens"))
+    await finish(app)
+
+    entries = captured.entries()  # every line is one JSON object, these included
+    events = [(e["logger"], e["level"], e["msg"]) for e in entries if e["logger"] != ACCESS]
+    breaker = [e for e in events if e[0] == "omnirelay.breaker"]
+    assert breaker == [("omnirelay.breaker", "WARNING", "circuit breaker p1/a+fault=500: closed -> open")]
+    lifecycle = [msg for name, _, msg in events if name == "omnirelay.app"]
+    assert lifecycle[0].startswith(f"serving on {app.address}")
+    assert lifecycle[-1] == "stopped"
+    # The breaker opened while serving, before the drain began.
+    drain = next(i for i, e in enumerate(events) if e[2].startswith("health NOT_SERVING"))
+    assert events.index(breaker[0]) < drain
 
 
 # --- 5. switches: requests off, per-logger levels, text format ------------------------------------
