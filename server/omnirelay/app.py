@@ -341,10 +341,9 @@ def build_app(
                 pool.states,
                 usage.recorder.counters if settings.usage.enabled else None,
                 cache.counters if cache is not None else None,
+                tracing.tally if tracing is not None else None,
             )
         )
-        if tracing is not None:
-            metrics.watch(tracing.collector())
         admin = AdminServer(metrics.registry, settings.metrics.host, settings.metrics.port)
     bind_host = host if host is not None else s.host
     bind_port = port if port is not None else s.port

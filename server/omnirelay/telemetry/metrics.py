@@ -66,6 +66,17 @@ class InFlightCount(Protocol):
     count: int
 
 
+class SpanCounts(Protocol):
+    """What tracing knows of its sampled spans (``tracing.ExportTally``)."""
+
+    @property
+    def ended(self) -> int: ...
+    @property
+    def exported(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+
+
 class _Series(NamedTuple):
     """One label set's children, bound once and reused for every call that has it."""
 
@@ -272,12 +283,14 @@ class StateCollector(Collector):
         breakers: Callable[[], Iterable[tuple[str, BreakerState]]],
         recorder: RecorderCounters | None,
         cache: CacheCounters | None,
+        spans: Callable[[], SpanCounts] | None = None,
     ) -> None:
         self._unary = unary
         self._streams = streams
         self._breakers = breakers
         self._recorder = recorder
         self._cache = cache
+        self._spans = spans
 
     def collect(self) -> Iterator[Metric]:
         in_flight = GaugeMetricFamily(
@@ -299,6 +312,19 @@ class StateCollector(Collector):
             yield from _recorder_metrics(self._recorder)
         if self._cache is not None:
             yield from _cache_metrics(self._cache)
+        if self._spans is not None:
+            yield _span_metrics(self._spans())
+
+
+def _span_metrics(t: SpanCounts) -> Metric:
+    spans = CounterMetricFamily(
+        "omnirelay_trace_spans",
+        "Sampled spans by what became of them (ended - exported - failed: queued or dropped)",
+        labels=("state",),
+    )
+    for state, value in (("ended", t.ended), ("exported", t.exported), ("failed", t.failed)):
+        spans.add_metric((state,), float(value))
+    return spans
 
 
 def _recorder_metrics(c: RecorderCounters) -> Iterator[Metric]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +31,6 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
-from prometheus_client.core import CounterMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from omnirelay.config.telemetry import TracingSettings
 from omnirelay.telemetry.spans import SpanSource, Upstream
@@ -146,10 +144,6 @@ class Tracing:
         c = batches.counting
         return ExportTally(batches.ended, c.exported, c.failed, c.unsent)
 
-    def collector(self) -> Collector:
-        """The span counters for /metrics: what a collector that is down or slow costs in spans."""
-        return _SpanCounters(self.tally)
-
     def shutdown(self) -> ExportTally:
         """Export what is queued, within one export timeout in all, then stop the exporter.
 
@@ -160,7 +154,7 @@ class Tracing:
         batches = self._batches
         if batches is None:
             self.provider.shutdown()
-            return ExportTally(0, 0, 0, 0)
+            return self.tally()
         bound = self.settings.export_timeout_seconds
         stopping = threading.Thread(target=self.provider.shutdown, name="omnirelay-tracing-stop", daemon=True)
         stopping.start()
@@ -185,22 +179,6 @@ class Tracing:
                 self.settings.endpoint,
             )
         return tally
-
-
-class _SpanCounters(Collector):
-    def __init__(self, tally: Callable[[], ExportTally]) -> None:
-        self._tally = tally
-
-    def collect(self) -> Iterator[Metric]:
-        t = self._tally()
-        spans = CounterMetricFamily(
-            "omnirelay_trace_spans",
-            "Sampled spans by what became of them (ended - exported - failed: queued or dropped)",
-            labels=("state",),
-        )
-        for state, value in (("ended", t.ended), ("exported", t.exported), ("failed", t.failed)):
-            spans.add_metric((state,), float(value))
-        yield spans
 
 
 def _exporter(settings: TracingSettings) -> SpanExporter | None:
