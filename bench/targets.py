@@ -61,17 +61,28 @@ def _goal(name: str, goal: str, value: float, passed: bool, planned: bool, shown
     return Goal(name, goal, shown or number(value), PASS if passed else FAIL)
 
 
+def echo_ratio(
+    ratios: Sequence[Ratio], mode: str, subject: str = SUBJECT, baseline: str = BASELINE
+) -> Ratio | None:
+    """The echo scenario's `subject` / `baseline` ratio at c=RATIO_C, if the run measured it."""
+    key = (ECHO_SCENARIO, baseline, subject, mode, RATIO_C)
+    return next(
+        (r for r in ratios if (r.scenario, r.baseline, r.subject, r.mode, r.concurrency) == key), None
+    )
+
+
 def _echo_ratio(
     ratios: Sequence[Ratio], mode: str, subject: str = SUBJECT, baseline: str = BASELINE
 ) -> float:
-    key = (ECHO_SCENARIO, baseline, subject, mode, RATIO_C)
-    found = [r for r in ratios if (r.scenario, r.baseline, r.subject, r.mode, r.concurrency) == key]
-    return found[0].of_medians if found else math.nan
+    found = echo_ratio(ratios, mode, subject, baseline)
+    return found.of_medians if found else math.nan
 
 
 def unrecorded_levels(config: RunConfig) -> tuple[int, ...]:
-    """The echo scenario's levels at which omnirelay with usage recording off is measured (unary):
-    the one recording's cost is judged at, when the run measures omnirelay's unary calls there."""
+    """The echo scenario's levels at which a second omnirelay server is measured beside `omnirelay`
+    (unary): the one its ratio is stated at, when the run measures omnirelay's unary calls there.
+    The server with usage recording off (`unrecorded`) and the one with tracing on (`traced`)
+    both run there."""
     return (RATIO_C,) if RATIO_C in config.concurrency and "unary" in config.modes else ()
 
 

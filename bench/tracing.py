@@ -17,7 +17,7 @@ from typing import Final
 from bench.markdown import number, table
 from bench.otlp_sink import SinkCount
 from bench.results import BASELINE, ECHO_SCENARIO, SUBJECT, TRACED, Ratio, RunConfig
-from bench.targets import RATIO_C
+from bench.targets import RATIO_C, echo_ratio, unrecorded_levels
 
 NAME: Final = f"tracing_cost_unary_c{RATIO_C}"
 NO_SPANS: Final = "the OTLP sink received no spans: export did not work"
@@ -41,17 +41,8 @@ class TracingCost:
     error: str = ""
 
 
-def traced_levels(config: RunConfig) -> tuple[int, ...]:
-    """The echo scenario's levels at which omnirelay with tracing on is measured (unary): the one the
-    figure is stated at, when the run measures omnirelay's unary calls there."""
-    return (RATIO_C,) if RATIO_C in config.concurrency and "unary" in config.modes else ()
-
-
-def _find(ratios: Sequence[Ratio], subject: str, baseline: str) -> Ratio | None:
-    key = (ECHO_SCENARIO, subject, baseline, "unary", RATIO_C)
-    return next(
-        (r for r in ratios if (r.scenario, r.subject, r.baseline, r.mode, r.concurrency) == key), None
-    )
+# Measured where the unrecorded server is, beside `omnirelay` in the same repeats.
+traced_levels: Final = unrecorded_levels
 
 
 def tracing_cost(
@@ -72,8 +63,8 @@ def tracing_cost(
     return TracingCost(
         name=NAME,
         concurrency=RATIO_C,
-        on_vs_off=_find(ratios, TRACED, SUBJECT),
-        off_vs_echo=_find(ratios, SUBJECT, BASELINE),
+        on_vs_off=echo_ratio(ratios, "unary", TRACED, SUBJECT),
+        off_vs_echo=echo_ratio(ratios, "unary", SUBJECT, BASELINE),
         spans=sink.spans if sink else 0,
         exports=sink.exports if sink else 0,
         error=error,
