@@ -239,14 +239,18 @@ class AddedLatency:
     baseline_p50_ms: float
 
 
+def find_summary(
+    summaries: Sequence[Summary], scenario: str, target: str, mode: str, concurrency: int
+) -> Summary | None:
+    key = (scenario, target, mode, concurrency)
+    return next((s for s in summaries if (s.scenario, s.target, s.mode, s.concurrency) == key), None)
+
+
 def added_latency(
     summaries: Sequence[Summary], mode: str, concurrency: int, baseline_name: str
 ) -> AddedLatency | None:
-    def find(target: str) -> Summary | None:
-        key = (SIM_SCENARIO, target, mode, concurrency)
-        return next((s for s in summaries if (s.scenario, s.target, s.mode, s.concurrency) == key), None)
-
-    subject, baseline = find(SUBJECT), find(baseline_name)
+    subject = find_summary(summaries, SIM_SCENARIO, SUBJECT, mode, concurrency)
+    baseline = find_summary(summaries, SIM_SCENARIO, baseline_name, mode, concurrency)
     if subject is None or baseline is None:
         return None
     if mode == "unary":

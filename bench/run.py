@@ -64,6 +64,7 @@ from bench.results import (
     Measurement,
     RunConfig,
     added_latency,
+    find_summary,
     ratio,
     summarize,
     workers_target,
@@ -83,8 +84,8 @@ from bench.scenarios import (
 )
 from bench.startup import run_startup
 from bench.streams import StreamsConfig, run_streams
-from bench.targets import evaluate, unrecorded_levels
-from bench.tracing import NO_SPANS, traced_levels, tracing_cost
+from bench.targets import RATIO_C, evaluate, unrecorded_levels
+from bench.tracing import NO_SPANS, disabled_path_ns, traced_levels, tracing_cost
 from bench.workload import MODES
 
 REPO: Final = Path(__file__).resolve().parent.parent
@@ -537,6 +538,7 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
         for name in TARGETS[scenario]
         if (s := summarize(out.measurements, scenario, name, mode, c))
     ]
+    off = find_summary(summaries, ECHO_SCENARIO, SUBJECT, "unary", RATIO_C)
     ratios = [
         r
         for scenario in config.scenarios
@@ -586,7 +588,14 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
         measurements=out.measurements,
         summaries=summaries,
         ratios=ratios,
-        tracing=tracing_cost(config, ratios, out.sink, out.skipped.get(TRACED, "")),
+        tracing=tracing_cost(
+            config,
+            ratios,
+            out.sink,
+            out.skipped.get(TRACED, ""),
+            disabled_path_ns(),
+            off.rate.median if off is not None else None,
+        ),
         added_latencies=added,
         holds=out.holds,
         startups=out.startups,

@@ -50,6 +50,7 @@ from bench.tracing import (
     NAME,
     NO_SPANS,
     NOT_STARTED,
+    disabled_path_ns,
     figure_lines,
     traced_levels,
     tracing_cost,
@@ -132,6 +133,53 @@ def test_traced_server_not_started_is_an_error_of_the_figure() -> None:
     assert cost is not None
     assert (cost.on_vs_off, cost.error) == (None, NOT_STARTED)
     assert figure_lines(cost) == [f"FIGURE {NAME}: ERROR ({NOT_STARTED})"]
+
+
+def test_the_disabled_path_is_stated_as_a_share_of_a_call_against_the_noise() -> None:
+    # 100 ns per call at 1,000 calls/s: 0.01% of a call; omnirelay / echo spreads 0.60-0.64 of 0.62.
+    cost = tracing_cost(config(), [ECHO_RATIO, traced(0.85)], SinkCount(10, 1), "", 100.0, 1000.0)
+    assert cost is not None
+    assert cost.disabled_share == pytest.approx(1e-4)
+    assert cost.noise == pytest.approx(0.04 / 0.62)
+    row = [line for line in tracing_section(cost, "") if line.startswith("| tracing off: its per-call")]
+    assert row == [
+        "| tracing off: its per-call work (timed in the runner), as a share of an `omnirelay` call: "
+        "within noise | 64 | 100 ns = 0.010% | 6.5% spread of `omnirelay` / `echo` |"
+    ]
+    assert (
+        figure_lines(cost)[1] == "FIGURE tracing_off_share_c64: 0.010% of a call (spread 6.5%: within noise)"
+    )
+
+
+def test_a_disabled_path_costlier_than_the_noise_is_called_out() -> None:
+    # 100 us per call at 1,000 calls/s: a tenth of every call, more than the 6.5% spread.
+    cost = tracing_cost(config(), [ECHO_RATIO, traced(0.85)], SinkCount(10, 1), "", 100_000.0, 1000.0)
+    assert cost is not None
+    assert (
+        figure_lines(cost)[1] == "FIGURE tracing_off_share_c64: 10.000% of a call (spread 6.5%: ABOVE NOISE)"
+    )
+
+
+def test_a_single_repeat_has_no_spread_to_judge_the_share_by() -> None:
+    one = Ratio(ECHO_SCENARIO, BASELINE, "unary", 64, 0.62, 0.62, 0.62)
+    cost = tracing_cost(config(repeats=1), [one, traced(0.85)], SinkCount(10, 1), "", 100.0, 1000.0)
+    assert cost is not None
+    assert cost.noise is None
+    assert figure_lines(cost)[1] == (
+        "FIGURE tracing_off_share_c64: 0.010% of a call (spread n/a: no spread to compare with (one repeat))"
+    )
+
+
+def test_without_the_disabled_timing_there_is_no_share() -> None:
+    cost = tracing_cost(config(), [ECHO_RATIO, traced(0.85)], SinkCount(10, 1))
+    assert cost is not None
+    assert cost.disabled_share is None
+    assert len(figure_lines(cost)) == 1
+
+
+def test_the_disabled_path_is_timed_with_the_servers_own_function() -> None:
+    ns = disabled_path_ns(number=1_000, repeats=2)
+    assert 0 < ns < 1e6
 
 
 def test_section_rows_state_the_cost_the_spans_and_the_disabled_path() -> None:
