@@ -40,6 +40,7 @@ from omnirelay.services.health import HealthService
 from omnirelay.services.pending import BenchmarkService
 from omnirelay.services.stream import StreamCompletionService
 from omnirelay.services.usage import UsageService
+from omnirelay.telemetry import logs
 from omnirelay.telemetry.admin import AdminServer
 from omnirelay.telemetry.logs import RequestLog
 from omnirelay.telemetry.metrics import GatewayMetrics, StateCollector
@@ -164,6 +165,8 @@ class App:
         if self.admin is not None:
             await self.admin.stop()
         log.info("stopped")
+        # Lines wait in the log sink for at most a moment; a stopped server has none left behind.
+        logs.flush()
 
 
 def _service(module: Any, name: str) -> ServiceDescriptor:

@@ -5,7 +5,8 @@ formatted line passes through the secret mask (configured keys, tokens and
 credential shapes), library and exception text included. Each completion call
 leaves one structured line on ``omnirelay.access`` (``RequestLog``), built from
 its usage record; prompts and completions appear in it only with content
-logging on, and then with personal data masked. Nothing logs per token.
+logging on, and then with personal data masked. Nothing logs per token. Lines
+reach the stream through a ``LineSink``, which batches the writes (sink.py).
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import orjson
 from omnirelay.config.telemetry import LoggingSettings
 from omnirelay.interceptors.edge import current_request_id
 from omnirelay.telemetry.redact import Secrets
+from omnirelay.telemetry.sink import LineSink, SinkHandler
 from omnirelay.telemetry.spans import retries, status_name
 from omnirelay.usage.records import UsageRecord
 
+ROOT_LOGGER = "omnirelay"
 ACCESS_LOGGER = "omnirelay.access"
 SPAN_BATCHER_LOGGER = "opentelemetry.sdk._shared_internal"
 Redact = Callable[[str], str]
+Fields = dict[str, Any] | None
 
 
 class _RequestIdFilter(logging.Filter):
@@ -52,57 +56,102 @@ class _Stamp:
         self._second = -1
         self._stamp = ""
 
-    def __call__(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
+    def __call__(self, created: float) -> str:
+        second = int(created)
         if second != self._second:
             self._second = second
             self._stamp = time.strftime(self._pattern, self._convert(second))
-        return self._millis.format(self._stamp, int(record.msecs))
+        return self._millis.format(self._stamp, int((created - second) * 1000))
 
 
-class JsonFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """Formats a record, or a line from its parts without a ``LogRecord``.
+
+    ``RequestLog`` builds its lines with ``line`` (a record and the logging module's handler
+    chain cost more than the line itself); every other line comes through ``format``, so the
+    two look the same.
+    """
+
     def __init__(self, redact: Redact) -> None:
         super().__init__()
         self._redact = redact
-        self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, "{}.{:03d}Z")
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        msg: str,
+        request_id: str,
+        fields: Fields,
+        extra: str = "",
+    ) -> str:
+        raise NotImplementedError
 
     def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self._time(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        rid = getattr(record, "request_id", "")
-        if rid:
-            entry["request_id"] = rid
-        fields = getattr(record, "fields", None)
+        extra = self.formatException(record.exc_info) if record.exc_info else ""
+        if record.stack_info:
+            extra = (extra + "\n" if extra else "") + self.formatStack(record.stack_info)
+        return self.line(
+            record.created,
+            record.levelname,
+            record.name,
+            record.getMessage(),
+            getattr(record, "request_id", ""),
+            getattr(record, "fields", None),
+            extra,
+        )
+
+
+class JsonFormatter(LineFormatter):
+    def __init__(self, redact: Redact) -> None:
+        super().__init__(redact)
+        self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, "{}.{:03d}Z")
+
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        msg: str,
+        request_id: str,
+        fields: Fields,
+        extra: str = "",
+    ) -> str:
+        entry: dict[str, Any] = {"ts": self._time(created), "level": level, "logger": logger, "msg": msg}
+        if request_id:
+            entry["request_id"] = request_id
         if fields:
             entry.update(fields)
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
+        if extra:
+            entry["exc"] = extra
         return self._redact(_encode(entry))
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(LineFormatter):
     """``2026-11-22 10:00:00,123 INFO    omnirelay.access request k=v ...`` (local time)."""
 
     def __init__(self, redact: Redact) -> None:
-        super().__init__()
-        self._redact = redact
+        super().__init__(redact)
         self._time = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, "{},{:03d}")
 
-    def format(self, record: logging.LogRecord) -> str:
+    def line(
+        self,
+        created: float,
+        level: str,
+        logger: str,
+        msg: str,
+        request_id: str,
+        fields: Fields,
+        extra: str = "",
+    ) -> str:
         # logging.Formatter.format with "%(asctime)s ..." costs a strftime and a %-format per line.
-        line = f"{self._time(record)} {record.levelname:<7} {record.name} {record.getMessage()}"
-        fields = getattr(record, "fields", None)
+        text = f"{self._time(created)} {level:<7} {logger} {msg}"
         if fields:
-            line += " " + " ".join([f"{k}={_text(v)}" for k, v in fields.items() if v not in ("", None)])
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
-        if record.stack_info:
-            line += "\n" + self.formatStack(record.stack_info)
-        return self._redact(line)
+            text += " " + " ".join([f"{k}={_text(v)}" for k, v in fields.items() if v not in ("", None)])
+        if extra:
+            text += "\n" + extra
+        return self._redact(text)
 
 
 # Printable ASCII but space, '"' and '=': such a value cannot be misread, so it goes bare.
@@ -126,13 +175,16 @@ def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
+    earlier = _sink_handler()
+    if earlier is not None:
+        earlier.sink.close()
+    handler = SinkHandler(LineSink(sys.stderr))
     handler.addFilter(_RequestIdFilter())
     if settings.format == "json":
         handler.setFormatter(JsonFormatter(redact))
     else:
         handler.setFormatter(TextFormatter(redact))
-    root = logging.getLogger("omnirelay")
+    root = logging.getLogger(ROOT_LOGGER)
     root.handlers[:] = [handler]
     root.setLevel(settings.level)
     root.propagate = False
@@ -153,6 +205,21 @@ def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
         access.setLevel(logging.CRITICAL + 1)
 
 
+def _sink_handler() -> SinkHandler | None:
+    """The handler ``configure`` installed, if it is still installed."""
+    for handler in logging.getLogger(ROOT_LOGGER).handlers:
+        if isinstance(handler, SinkHandler):
+            return handler
+    return None
+
+
+def flush() -> None:
+    """Write every line still waiting in the configured sink (the server calls it as it stops)."""
+    handler = _sink_handler()
+    if handler is not None:
+        handler.sink.flush()
+
+
 class RequestLog:
     """One structured line per completion call, from its usage record."""
 
@@ -160,6 +227,12 @@ class RequestLog:
         self._log = logging.getLogger(ACCESS_LOGGER)
         self._content = content
         self._mask = mask_personal
+        # With ``configure``'s handler in place the line goes straight to its sink, formatted as
+        # the handler would: the logging module's record and handler chain cost more than the
+        # line itself. Without it (a test capturing records), through the logger like any line.
+        handler = _sink_handler()
+        formatter = handler.formatter if handler is not None else None
+        self._direct = (handler.sink, formatter) if isinstance(formatter, LineFormatter) and handler else None
 
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
         log = self._log
@@ -202,4 +275,9 @@ class RequestLog:
         if self._content:
             fields["prompt"] = self._mask(prompt)
             fields["completion"] = self._mask(completion or "")
-        log.info("request", extra={"fields": fields})
+        direct = self._direct
+        if direct is None:
+            log.info("request", extra={"fields": fields})
+            return
+        sink, formatter = direct
+        sink.write(formatter.line(time.time(), "INFO", ACCESS_LOGGER, "request", record.request_id, fields))
