@@ -10,7 +10,7 @@ import asyncio
 import json
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from omnirelay.config import ConfigError, Settings, load_raw, load_settings, masked, secret_values
@@ -127,7 +127,22 @@ def _serve(args: argparse.Namespace) -> int:
         host = args.host if args.host is not None else settings.server.host
         port = args.port if args.port is not None else settings.server.port
         return workers.supervise(settings, host, port, args.workers)
-    return asyncio.run(_run_server(settings, args.host, args.port, args.supervised_fd))
+    return _run_on(
+        settings.server.event_loop, _run_server(settings, args.host, args.port, args.supervised_fd)
+    )
+
+
+def _run_on(event_loop: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run ``main`` on the configured event loop: uvloop unless settings ask for asyncio's own."""
+    if event_loop == "uvloop":
+        try:
+            import uvloop
+        except ImportError:  # no build for this platform: the standard loop serves the same calls
+            print("omnirelay: uvloop is not installed; serving on asyncio's event loop", file=sys.stderr)
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
 
 
 async def _run_server(

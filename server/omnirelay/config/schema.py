@@ -73,6 +73,8 @@ class ServerSettings:
     keepalive_permit_without_calls: bool
     shutdown_drain_seconds: float
     shutdown_grace_seconds: float
+    # "uvloop" (libuv's event loop: less loop overhead on every call) or "asyncio" (the standard one).
+    event_loop: str = "uvloop"
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +204,9 @@ def build_settings(raw: Mapping[str, Any], profile: str) -> Settings:
     )
 
 
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
 def _server(s: Section) -> ServerSettings:
     result = ServerSettings(
         host=s.get_str("host"),
@@ -214,6 +219,7 @@ def _server(s: Section) -> ServerSettings:
         keepalive_permit_without_calls=s.get_bool("keepalive_permit_without_calls"),
         shutdown_drain_seconds=s.get_float("shutdown_drain_seconds", 0.0, 600.0),
         shutdown_grace_seconds=s.get_float("shutdown_grace_seconds", 0.0, 3600.0),
+        event_loop=s.get_str("event_loop", EVENT_LOOPS, default="uvloop"),
     )
     s.reject_unknown()
     return result
