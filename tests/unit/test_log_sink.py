@@ -116,3 +116,40 @@ async def test_the_handler_writes_warnings_at_once_and_info_later() -> None:
     finally:
         logger.removeHandler(handler)
         handler.sink.close()
+
+
+async def test_a_deferred_line_is_made_at_the_flush_in_its_place() -> None:
+    stream = CountingStream()
+    sink = LineSink(stream, delay=60)
+    made: list[int] = []
+
+    def render(n: int) -> str:
+        made.append(n)
+        return f"deferred {n}"
+
+    sink.write("before")
+    sink.defer(render, 1)
+    sink.write("after")
+    assert made == []  # nothing formatted on the caller's path
+    sink.flush()
+    assert made == [1]
+    assert stream.getvalue().splitlines() == ["before", "deferred 1", "after"]
+    sink.close()
+
+
+async def test_a_deferred_line_that_fails_to_render_leaves_a_note_and_the_rest() -> None:
+    stream = CountingStream()
+    sink = LineSink(stream, delay=60)
+
+    def broken(item: str) -> str:
+        raise ValueError(item)
+
+    sink.defer(broken, "sk-secret-never-printed")
+    sink.write("next")
+    sink.flush()
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1] == "next"
+    assert "could not be formatted" in lines[0]
+    assert "sk-secret" not in lines[0]
+    sink.close()

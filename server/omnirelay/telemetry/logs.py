@@ -236,17 +236,31 @@ class RequestLog:
         self._log = logging.getLogger(ACCESS_LOGGER)
         self._content = content
         self._mask = mask_personal
-        # With ``configure``'s handler in place the line goes straight to its sink, formatted as
-        # the handler would: the logging module's record and handler chain cost more than the
-        # line itself. Without it (a test capturing records), through the logger like any line.
+        # With ``configure``'s handler in place the line is made by its formatter when the sink
+        # writes it (deferred: see LineSink.defer), without the logging module's record and
+        # handler chain. Without it (a test capturing records), through the logger like any line.
         handler = _sink_handler()
         formatter = handler.formatter if handler is not None else None
         self._direct = (handler.sink, formatter) if isinstance(formatter, LineFormatter) and handler else None
 
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
-        log = self._log
-        if not log.isEnabledFor(logging.INFO):
+        if not self._log.isEnabledFor(logging.INFO):
             return
+        direct = self._direct
+        if direct is None:
+            self._log.info("request", extra={"fields": self._fields(record, prompt, completion)})
+            return
+        direct[0].defer(self._line, (record, prompt, completion))
+
+    def _line(self, item: tuple[UsageRecord, str, str | None]) -> str:
+        assert self._direct is not None
+        record = item[0]
+        # Stamped with when the call ended, whenever the line is made.
+        ended = record.time + record.latency_seconds
+        fields = self._fields(*item)
+        return self._direct[1].line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)
+
+    def _fields(self, record: UsageRecord, prompt: str, completion: str | None) -> dict[str, Any]:
         usage = record.usage
         # The fields every line has; the rest only when they say something (shorter lines, less
         # encoding per call).
@@ -284,9 +298,4 @@ class RequestLog:
         if self._content:
             fields["prompt"] = self._mask(prompt)
             fields["completion"] = self._mask(completion or "")
-        direct = self._direct
-        if direct is None:
-            log.info("request", extra={"fields": fields})
-            return
-        sink, formatter = direct
-        sink.write(formatter.line(time.time(), "INFO", ACCESS_LOGGER, "request", record.request_id, fields))
+        return fields

@@ -18,7 +18,8 @@ import asyncio
 import atexit
 import logging
 import threading
-from typing import TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 # A line waits at most this long on a busy server: shorter than a person notices in a terminal.
 DEFAULT_DELAY = 0.05
@@ -34,7 +35,7 @@ class LineSink:
         self._stream = stream
         self._delay = delay
         self._max_lines = max_lines
-        self._pending: list[str] = []
+        self._pending: list[str | tuple[Callable[[Any], str], Any]] = []
         self._armed = False
         self._armed_by = 0
         # Guards the buffer and the stream: loggers on other threads write here too.
@@ -46,9 +47,21 @@ class LineSink:
         return self._stream
 
     def write(self, line: str, urgent: bool = False) -> None:
+        self._add(line, urgent)
+
+    def defer(self, render: Callable[[Any], str], item: Any) -> None:
+        """A line made when it is written: ``render(item)`` runs at the flush, not on the caller's path.
+
+        Formatting a batch of lines together costs a busy server less than one line per call
+        between gRPC's work (the code and data stay in the CPU's caches), and the call returns
+        sooner. ``item`` must not change afterwards (a record, strings).
+        """
+        self._add((render, item), False)
+
+    def _add(self, entry: str | tuple[Callable[[Any], str], Any], urgent: bool) -> None:
         with self._lock:
             pending = self._pending
-            pending.append(line)
+            pending.append(entry)
             if urgent or len(pending) >= self._max_lines:
                 self._write_locked()
                 return
@@ -90,8 +103,9 @@ class LineSink:
         pending = self._pending
         if not pending:
             return
-        text = "\n".join(pending) + "\n"
+        lines = [entry if isinstance(entry, str) else _render(entry) for entry in pending]
         pending.clear()
+        text = "\n".join(lines) + "\n"
         try:
             self._stream.write(text)
             self._stream.flush()
@@ -99,6 +113,15 @@ class LineSink:
             # A closed or broken stream (a parent gone, a pipe closed): logging must never fail a
             # call, and there is nowhere left to say so.
             pass
+
+
+def _render(entry: tuple[Callable[[Any], str], Any]) -> str:
+    render, item = entry
+    try:
+        return render(item)
+    except Exception:
+        # Never the item itself: it may hold what the formatter would have masked.
+        return f"omnirelay: a deferred log line could not be formatted ({render!r})"
 
 
 class SinkHandler(logging.Handler):
