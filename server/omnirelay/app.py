@@ -299,6 +299,7 @@ def build_app(
     if settings.usage.enabled or observers or tracing is not None:
         # Outside the cache: hits and coalesced calls are recorded and admitted like any other call.
         usage_layer.guard(completion, streaming)
+    usage.recorder.add_feeder(usage_layer.conclude_ended)
     completion_pb2_grpc.add_CompletionServiceServicer_to_server(
         edge.guard(completion, _service(completion_pb2, "CompletionService")), server
     )
@@ -347,7 +348,9 @@ def build_app(
                 tracing.tally if tracing is not None else None,
             )
         )
-        admin = AdminServer(metrics.registry, settings.metrics.host, settings.metrics.port)
+        admin = AdminServer(
+            metrics.registry, settings.metrics.host, settings.metrics.port, usage_layer.conclude_ended
+        )
     bind_host = host if host is not None else s.host
     bind_port = port if port is not None else s.port
     bound = server.add_insecure_port(f"{bind_host}:{bind_port}")

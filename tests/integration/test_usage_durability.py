@@ -41,6 +41,7 @@ import grpc
 import pytest
 from grpc import aio
 
+from omnirelay.usage.layer import BATCH_SECONDS
 from omnirelay.usage.ledger import UsageQuery
 from omnirelay.usage.postgres import PostgresLedger
 from omnirelay.usage.records import UsageRecord
@@ -349,11 +350,11 @@ async def test_sigkill_loses_at_most_the_last_flush_interval(tmp_path: Path) -> 
     )
     print(f"SIGKILL: {summary}")
     late = [f"{c} ended {killed - c.ended:.3f} s before the kill" for c in lost]
-    too_old = [
-        line for c, line in zip(lost, late, strict=True) if killed - c.ended > FLUSH_INTERVAL + KILL_MARGIN
-    ]
+    # An ended call waits up to BATCH_SECONDS in the usage layer before it is queued.
+    held = FLUSH_INTERVAL + BATCH_SECONDS
+    too_old = [line for c, line in zip(lost, late, strict=True) if killed - c.ended > held + KILL_MARGIN]
     assert not too_old, (
-        f"{summary}; lost records older than the flush interval + {KILL_MARGIN} s: {too_old[:10]}"
+        f"{summary}; lost records older than the flush interval + the batch + {KILL_MARGIN} s: {too_old[:10]}"
     )
     assert len(ok) >= MIN_CALLS, f"only {len(ok)} calls completed: not a load"
 

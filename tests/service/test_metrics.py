@@ -22,6 +22,7 @@ from omnirelay.app import App
 from omnirelay.config import LocalProviderSettings, Settings
 from omnirelay.config.routing import BreakerSettings, PricingSettings, RetrySettings
 from omnirelay.sim.server import RunningSim, start
+from omnirelay.usage.layer import BATCH_SECONDS
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, stream_pb2, stream_pb2_grpc, types_pb2
 from tests.conftest import StartServer
 from tests.helpers import drain, request, stream_request
@@ -164,6 +165,31 @@ DURATION_COUNT = "gen_ai_client_operation_duration_seconds_count"
 
 
 # --- 1. Calls, durations, tokens, time to first chunk --------------------------------------------
+
+
+async def test_ended_calls_are_counted_in_a_batch_and_a_scrape_sees_them_at_once(
+    start_server: StartServer, settings: Settings
+) -> None:
+    client = await connect(start_server, settings)
+    await client.complete(request("counted in a batch"))
+    recorder = client.app.usage.recorder
+    # The call has ended but waits (at most BATCH_SECONDS) to be recorded and counted with others.
+    assert recorder.counters.submitted == 0
+    # A scrape concludes the waiting calls first: no polling needed.
+    m = await scrape(client.app)
+    assert m.value(REQUESTS) == 1
+    assert recorder.counters.submitted == 1
+
+
+async def test_a_batch_of_ended_calls_is_recorded_within_its_interval(
+    start_server: StartServer, settings: Settings
+) -> None:
+    client = await connect(start_server, settings)
+    await asyncio.gather(*(client.complete(request(f"call {i}")) for i in range(5)))
+    recorder = client.app.usage.recorder
+    assert recorder.counters.submitted == 0
+    await asyncio.sleep(BATCH_SECONDS * 5)
+    assert recorder.counters.submitted == 5
 
 
 async def test_unary_and_streamed_calls_are_counted_with_their_tokens(

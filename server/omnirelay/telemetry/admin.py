@@ -8,6 +8,7 @@ happens only when Prometheus asks.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -16,8 +17,16 @@ log = logging.getLogger("omnirelay.admin")
 
 
 class AdminServer:
-    def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        before_scrape: Callable[[], None] | None = None,
+    ) -> None:
         self._registry = registry
+        # Reports what is held back for a batch (ended calls), so a scrape sees every ended call.
+        self._before_scrape = before_scrape
         self.host = host
         self.port = port
         app = web.Application()
@@ -45,5 +54,7 @@ class AdminServer:
         await self._runner.cleanup()
 
     async def _metrics(self, request: web.Request) -> web.Response:
+        if self._before_scrape is not None:
+            self._before_scrape()
         body = generate_latest(self._registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -41,6 +41,10 @@ Context = aio.ServicerContext[Any, Any]
 _CANCELLED = grpc.StatusCode.CANCELLED.value[0]
 _DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
 _INTERNAL = grpc.StatusCode.INTERNAL.value[0]
+# Ended calls are recorded, counted and logged in batches at most this long after they end: a
+# batch costs a busy server less than the same work done at the end of each call, between gRPC's
+# work (the code and data stay in the CPU's caches), and the call returns sooner.
+BATCH_SECONDS = 0.02
 # Reserve mode, for a request that sets no max_tokens and a model that states no limit.
 _DEFAULT_MAX_OUTPUT = 4096
 
@@ -80,6 +84,8 @@ class UsageLayer:
         # Prompts and completions are kept only when content logging or tracing asks for them.
         self._capture = capture
         self._settling: set[asyncio.Task[None]] = set()
+        # Calls that ended, with when, waiting to be recorded and reported together.
+        self._ended: list[tuple[Tally, float]] = []
 
     # --- wiring ---------------------------------------------------------------------------
 
@@ -169,8 +175,29 @@ class UsageLayer:
     # --- the end --------------------------------------------------------------------------
 
     def _finish(self, tally: Tally) -> None:
+        ended = time.perf_counter()
+        if tally.admission is not None or tally.trace is not None:
+            # A budget to settle, or a span to end: now, not a batch later.
+            self._conclude(tally, ended)
+            return
+        batch = self._ended
+        batch.append((tally, ended))
+        if len(batch) == 1:
+            asyncio.get_running_loop().call_later(BATCH_SECONDS, self.conclude_ended)
+
+    def conclude_ended(self) -> None:
+        """Record and report the calls that ended since the last batch (the recorder's flush and
+        the metrics scrape call this first, so they never miss a call that has ended)."""
+        batch = self._ended
+        if not batch:
+            return
+        self._ended = []
+        for tally, ended in batch:
+            self._conclude(tally, ended)
+
+    def _conclude(self, tally: Tally, ended: float) -> None:
         saved_price = self._prices.price(tally.model, tally.deployment) if tally.cache_answered else None
-        record = tally.record(self._prices.version, time.perf_counter(), saved_price)
+        record = tally.record(self._prices.version, ended, saved_price)
         if self._sink is not None:
             self._sink.submit(record)
         if self._observers or tally.trace is not None:
@@ -199,7 +226,9 @@ class UsageLayer:
             log.warning("budget settlement for record %s failed: %s", record.record_id, type(exc).__name__)
 
     async def drain(self, within_seconds: float = 5.0) -> int:
-        """Wait (bounded) for budget settlements in progress; returns how many did not finish."""
+        """Conclude the ended calls, then wait (bounded) for budget settlements in progress; returns
+        how many did not finish."""
+        self.conclude_ended()
         pending = set(self._settling)
         if not pending:
             return 0

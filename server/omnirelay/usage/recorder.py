@@ -25,7 +25,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Sequence, Sized
+from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -118,6 +118,9 @@ class Recorder:
         self._report: DrainReport | None = None
         self._next_replay = 0.0  # loop time of the next replay (the probe, while the ledger is down)
         self._next_flush = 0.0  # loop time of the next flush tick
+        # Callables that submit what they hold back (the usage layer's batch of ended calls):
+        # flush and close run them first, so nothing that ended is left out.
+        self._feeders: list[Callable[[], None]] = []
         self._unlogged_loss = 0
         self._loss_reason = ""
         self._next_loss_log = 0.0  # monotonic time
@@ -125,6 +128,14 @@ class Recorder:
     @property
     def settings(self) -> RecorderSettings:
         return self._settings
+
+    def add_feeder(self, feed: Callable[[], None]) -> None:
+        """``feed`` submits records held back elsewhere; flush and close call it first."""
+        self._feeders.append(feed)
+
+    def _feed(self) -> None:
+        for feed in self._feeders:
+            feed()
 
     def start(self) -> None:
         """Start the writer task (idempotent); its first job is replaying a spill left from before."""
@@ -185,6 +196,7 @@ class Recorder:
         work, so batches are never written by two tasks at once. Returns at once if
         there is no writer (not started, or closing: close() drains anyway).
         """
+        self._feed()
         if self._writer is None or self._stopping:
             return
         served = asyncio.get_running_loop().create_future()
@@ -389,6 +401,7 @@ class Recorder:
             return self._report
 
     async def _shut_down(self) -> DrainReport:
+        self._feed()
         self._closed = True
         self._room.set()  # blocked submit_wait calls spill now
         if self._waiting:
