@@ -7,7 +7,9 @@ cancel). Per call: a ``Tally`` is opened and made current; matching budgets
 admit the call (RESOURCE_EXHAUSTED when spent); the handler runs; the final
 status is noted; and when the call and any flight it leads are over, the tally
 becomes a ``UsageRecord`` handed to the recorder (a deque append, no I/O) and
-the call's cost is settled against its budgets.
+the call's cost is settled against its budgets. Records are made, and told to
+the metrics and the request log, in batches of the calls that ended within
+``BATCH_SECONDS`` (at once for a call with a budget to settle or a span to end).
 
 With no budgets defined the only per-call work is the tally and the record.
 """
