@@ -31,7 +31,7 @@ async def test_lines_on_the_loop_wait_for_the_timer_and_leave_in_one_write() -> 
     await asyncio.sleep(0.1)
     assert stream.getvalue().splitlines() == [f"line {i}" for i in range(10)]
     assert stream.writes == 1
-    sink.close()
+    sink.flush()
 
 
 async def test_a_full_buffer_is_written_without_waiting() -> None:
@@ -42,7 +42,7 @@ async def test_a_full_buffer_is_written_without_waiting() -> None:
     assert stream.getvalue().splitlines() == ["l0", "l1", "l2", "l3", "l4", "l5"]
     sink.flush()
     assert stream.getvalue().splitlines()[-1] == "l6"
-    sink.close()
+    sink.flush()
 
 
 async def test_an_urgent_line_goes_at_once_after_the_lines_before_it() -> None:
@@ -51,7 +51,7 @@ async def test_an_urgent_line_goes_at_once_after_the_lines_before_it() -> None:
     sink.write("first")
     sink.write("warning", urgent=True)
     assert stream.getvalue().splitlines() == ["first", "warning"]
-    sink.close()
+    sink.flush()
 
 
 async def test_a_line_from_another_thread_is_written_at_once_in_order() -> None:
@@ -62,7 +62,7 @@ async def test_a_line_from_another_thread_is_written_at_once_in_order() -> None:
     thread.start()
     thread.join()
     assert stream.getvalue().splitlines() == ["on the loop", "from a thread"]
-    sink.close()
+    sink.flush()
 
 
 def test_without_a_running_loop_each_line_is_written_at_once() -> None:
@@ -70,7 +70,7 @@ def test_without_a_running_loop_each_line_is_written_at_once() -> None:
     sink = LineSink(stream, delay=60)
     sink.write("a")
     assert stream.getvalue() == "a\n"
-    sink.close()
+    sink.flush()
 
 
 async def test_flush_after_a_stopped_loop_lets_the_next_loop_arm_its_own_timer() -> None:
@@ -89,7 +89,7 @@ async def test_flush_after_a_stopped_loop_lets_the_next_loop_arm_its_own_timer()
     sink.write("in this loop")
     await asyncio.sleep(0.1)
     assert stream.getvalue().splitlines() == ["in an earlier loop", "in this loop"]
-    sink.close()
+    sink.flush()
 
 
 async def test_a_broken_stream_never_raises_into_the_caller() -> None:
@@ -97,7 +97,7 @@ async def test_a_broken_stream_never_raises_into_the_caller() -> None:
     stream.close()
     sink = LineSink(stream, delay=60)
     sink.write("lost", urgent=True)
-    sink.close()
+    sink.flush()
 
 
 async def test_the_handler_writes_warnings_at_once_and_info_later() -> None:
@@ -115,41 +115,4 @@ async def test_the_handler_writes_warnings_at_once_and_info_later() -> None:
         assert stream.getvalue().splitlines() == ["INFO routine", "WARNING look"]
     finally:
         logger.removeHandler(handler)
-        handler.sink.close()
-
-
-async def test_a_deferred_line_is_made_at_the_flush_in_its_place() -> None:
-    stream = CountingStream()
-    sink = LineSink(stream, delay=60)
-    made: list[int] = []
-
-    def render(n: int) -> str:
-        made.append(n)
-        return f"deferred {n}"
-
-    sink.write("before")
-    sink.defer(render, 1)
-    sink.write("after")
-    assert made == []  # nothing formatted on the caller's path
-    sink.flush()
-    assert made == [1]
-    assert stream.getvalue().splitlines() == ["before", "deferred 1", "after"]
-    sink.close()
-
-
-async def test_a_deferred_line_that_fails_to_render_leaves_a_note_and_the_rest() -> None:
-    stream = CountingStream()
-    sink = LineSink(stream, delay=60)
-
-    def broken(item: str) -> str:
-        raise ValueError(item)
-
-    sink.defer(broken, "sk-secret-never-printed")
-    sink.write("next")
-    sink.flush()
-    lines = stream.getvalue().splitlines()
-    assert len(lines) == 2
-    assert lines[1] == "next"
-    assert "could not be formatted" in lines[0]
-    assert "sk-secret" not in lines[0]
-    sink.close()
+        handler.sink.flush()

@@ -17,7 +17,7 @@ import re
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -32,7 +32,6 @@ ROOT_LOGGER = "omnirelay"
 ACCESS_LOGGER = "omnirelay.access"
 SPAN_BATCHER_LOGGER = "opentelemetry.sdk._shared_internal"
 Redact = Callable[[str], str]
-Fields = dict[str, Any] | None
 
 
 class _RequestIdFilter(logging.Filter):
@@ -64,8 +63,20 @@ class _Stamp:
         return self._millis.format(self._stamp, int((created - second) * 1000))
 
 
+class Line(NamedTuple):
+    """What a log line says, before a formatter gives it its form."""
+
+    created: float  # Unix seconds
+    level: str
+    logger: str
+    msg: str
+    request_id: str = ""
+    fields: dict[str, Any] | None = None
+    extra: str = ""  # an exception's or a stack's text
+
+
 class LineFormatter(logging.Formatter):
-    """Formats a record, or a line from its parts without a ``LogRecord``.
+    """Formats a record, or a ``Line`` made without one.
 
     ``RequestLog`` builds its lines with ``line`` (a record and the logging module's handler
     chain cost more than the line itself); every other line comes through ``format``, so the
@@ -76,16 +87,7 @@ class LineFormatter(logging.Formatter):
         super().__init__()
         self._redact = redact
 
-    def line(
-        self,
-        created: float,
-        level: str,
-        logger: str,
-        msg: str,
-        request_id: str,
-        fields: Fields,
-        extra: str = "",
-    ) -> str:
+    def line(self, p: Line) -> str:
         raise NotImplementedError
 
     def format(self, record: logging.LogRecord) -> str:
@@ -93,13 +95,15 @@ class LineFormatter(logging.Formatter):
         if record.stack_info:
             extra = (extra + "\n" if extra else "") + self.formatStack(record.stack_info)
         return self.line(
-            record.created,
-            record.levelname,
-            record.name,
-            record.getMessage(),
-            getattr(record, "request_id", ""),
-            getattr(record, "fields", None),
-            extra,
+            Line(
+                record.created,
+                record.levelname,
+                record.name,
+                record.getMessage(),
+                getattr(record, "request_id", ""),
+                getattr(record, "fields", None),
+                extra,
+            )
         )
 
 
@@ -108,23 +112,19 @@ class JsonFormatter(LineFormatter):
         super().__init__(redact)
         self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, "{}.{:03d}Z")
 
-    def line(
-        self,
-        created: float,
-        level: str,
-        logger: str,
-        msg: str,
-        request_id: str,
-        fields: Fields,
-        extra: str = "",
-    ) -> str:
-        entry: dict[str, Any] = {"ts": self._time(created), "level": level, "logger": logger, "msg": msg}
-        if request_id:
-            entry["request_id"] = request_id
-        if fields:
-            entry.update(fields)
-        if extra:
-            entry["exc"] = extra
+    def line(self, p: Line) -> str:
+        entry: dict[str, Any] = {
+            "ts": self._time(p.created),
+            "level": p.level,
+            "logger": p.logger,
+            "msg": p.msg,
+        }
+        if p.request_id:
+            entry["request_id"] = p.request_id
+        if p.fields:
+            entry.update(p.fields)
+        if p.extra:
+            entry["exc"] = p.extra
         return self._redact(_encode(entry))
 
 
@@ -135,22 +135,13 @@ class TextFormatter(LineFormatter):
         super().__init__(redact)
         self._time = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, "{},{:03d}")
 
-    def line(
-        self,
-        created: float,
-        level: str,
-        logger: str,
-        msg: str,
-        request_id: str,
-        fields: Fields,
-        extra: str = "",
-    ) -> str:
+    def line(self, p: Line) -> str:
         # logging.Formatter.format with "%(asctime)s ..." costs a strftime and a %-format per line.
-        text = f"{self._time(created)} {level:<7} {logger} {msg}"
-        if fields:
-            text += " " + _pairs(fields)
-        if extra:
-            text += "\n" + extra
+        text = f"{self._time(p.created)} {p.level:<7} {p.logger} {p.msg}"
+        if p.fields:
+            text += " " + _pairs(p.fields)
+        if p.extra:
+            text += "\n" + p.extra
         return self._redact(text)
 
 
@@ -186,7 +177,7 @@ def configure(settings: LoggingSettings, secrets: Iterable[str]) -> None:
     logging.logMultiprocessing = False
     earlier = _sink_handler()
     if earlier is not None:
-        earlier.sink.close()
+        earlier.flush()
     handler = SinkHandler(LineSink(sys.stderr))
     handler.addFilter(_RequestIdFilter())
     if settings.format == "json":
@@ -230,15 +221,19 @@ def flush() -> None:
 
 
 class RequestLog:
-    """One structured line per completion call, from its usage record."""
+    """One structured line per completion call, from its usage record.
+
+    The usage layer tells it of calls in batches, off the calls' path (``BATCH_SECONDS``), so
+    the line is formatted there; the sink then writes many lines at once.
+    """
 
     def __init__(self, content: bool, mask_personal: Redact) -> None:
         self._log = logging.getLogger(ACCESS_LOGGER)
         self._content = content
         self._mask = mask_personal
-        # With ``configure``'s handler in place the line is made by its formatter when the sink
-        # writes it (deferred: see LineSink.defer), without the logging module's record and
-        # handler chain. Without it (a test capturing records), through the logger like any line.
+        # With ``configure``'s handler in place the line goes straight to its sink, formatted as
+        # the handler would, without the logging module's record and handler chain. Without it
+        # (a test capturing records), through the logger like any line.
         handler = _sink_handler()
         formatter = handler.formatter if handler is not None else None
         self._direct = (handler.sink, formatter) if isinstance(formatter, LineFormatter) and handler else None
@@ -246,19 +241,15 @@ class RequestLog:
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
         if not self._log.isEnabledFor(logging.INFO):
             return
+        fields = self._fields(record, prompt, completion)
         direct = self._direct
         if direct is None:
-            self._log.info("request", extra={"fields": self._fields(record, prompt, completion)})
+            self._log.info("request", extra={"fields": fields})
             return
-        direct[0].defer(self._line, (record, prompt, completion))
-
-    def _line(self, item: tuple[UsageRecord, str, str | None]) -> str:
-        assert self._direct is not None
-        record = item[0]
-        # Stamped with when the call ended, whenever the line is made.
+        sink, formatter = direct
+        # Stamped with when the call ended, not when its batch is told.
         ended = record.time + record.latency_seconds
-        fields = self._fields(*item)
-        return self._direct[1].line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)
+        sink.write(formatter.line(Line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)))
 
     def _fields(self, record: UsageRecord, prompt: str, completion: str | None) -> dict[str, Any]:
         usage = record.usage

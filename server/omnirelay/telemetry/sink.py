@@ -8,18 +8,16 @@ system calls are dear). Lines from other threads (the ledger's, the span exporte
 lines of level WARNING or worse, and lines written with no event loop running are
 written at once, after whatever is waiting, so the order of lines is kept and nothing
 important waits. ``flush`` writes what is waiting; the server calls it when it stops,
-and it runs at interpreter exit. A process killed with SIGKILL loses at most the lines
-of the last ``delay``.
+and the logging module flushes every handler (``SinkHandler.flush``) at interpreter
+exit. A process killed with SIGKILL loses at most the lines of the last ``delay``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import threading
-from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TextIO
 
 # A line waits at most this long on a busy server: shorter than a person notices in a terminal.
 DEFAULT_DELAY = 0.05
@@ -35,33 +33,20 @@ class LineSink:
         self._stream = stream
         self._delay = delay
         self._max_lines = max_lines
-        self._pending: list[str | tuple[Callable[[Any], str], Any]] = []
+        self._pending: list[str] = []
         self._armed = False
         self._armed_by = 0
         # Guards the buffer and the stream: loggers on other threads write here too.
         self._lock = threading.Lock()
-        atexit.register(self.flush)
 
     @property
     def stream(self) -> TextIO:
         return self._stream
 
     def write(self, line: str, urgent: bool = False) -> None:
-        self._add(line, urgent)
-
-    def defer(self, render: Callable[[Any], str], item: Any) -> None:
-        """A line made when it is written: ``render(item)`` runs at the flush, not on the caller's path.
-
-        Formatting a batch of lines together costs a busy server less than one line per call
-        between gRPC's work (the code and data stay in the CPU's caches), and the call returns
-        sooner. ``item`` must not change afterwards (a record, strings).
-        """
-        self._add((render, item), False)
-
-    def _add(self, entry: str | tuple[Callable[[Any], str], Any], urgent: bool) -> None:
         with self._lock:
             pending = self._pending
-            pending.append(entry)
+            pending.append(line)
             if urgent or len(pending) >= self._max_lines:
                 self._write_locked()
                 return
@@ -94,18 +79,12 @@ class LineSink:
             self._armed = False
             self._write_locked()
 
-    def close(self) -> None:
-        """Write what is waiting; later lines are written at once (no timer outlives the loop)."""
-        atexit.unregister(self.flush)
-        self.flush()
-
     def _write_locked(self) -> None:
         pending = self._pending
         if not pending:
             return
-        lines = [entry if isinstance(entry, str) else _render(entry) for entry in pending]
+        text = "\n".join(pending) + "\n"
         pending.clear()
-        text = "\n".join(lines) + "\n"
         try:
             self._stream.write(text)
             self._stream.flush()
@@ -113,15 +92,6 @@ class LineSink:
             # A closed or broken stream (a parent gone, a pipe closed): logging must never fail a
             # call, and there is nowhere left to say so.
             pass
-
-
-def _render(entry: tuple[Callable[[Any], str], Any]) -> str:
-    render, item = entry
-    try:
-        return render(item)
-    except Exception:
-        # Never the item itself: it may hold what the formatter would have masked.
-        return f"omnirelay: a deferred log line could not be formatted ({render!r})"
 
 
 class SinkHandler(logging.Handler):
