@@ -22,7 +22,8 @@ from omnirelay.app import App
 from omnirelay.config import LocalProviderSettings, Settings
 from omnirelay.config.routing import BreakerSettings, PricingSettings, RetrySettings
 from omnirelay.sim.server import RunningSim, start
-from omnirelay.usage.layer import BATCH_SECONDS
+from omnirelay.usage import layer
+from omnirelay.usage.records import UsageRecord
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc, stream_pb2, stream_pb2_grpc, types_pb2
 from tests.conftest import StartServer
 from tests.helpers import drain, request, stream_request
@@ -168,8 +169,10 @@ DURATION_COUNT = "gen_ai_client_operation_duration_seconds_count"
 
 
 async def test_ended_calls_are_counted_in_a_batch_and_a_scrape_sees_them_at_once(
-    start_server: StartServer, settings: Settings
+    start_server: StartServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # A long batch, so that "not yet recorded" below does not depend on the machine's speed.
+    monkeypatch.setattr(layer, "BATCH_SECONDS", 30.0)
     client = await connect(start_server, settings)
     await client.complete(request("counted in a batch"))
     recorder = client.app.usage.recorder
@@ -182,14 +185,40 @@ async def test_ended_calls_are_counted_in_a_batch_and_a_scrape_sees_them_at_once
 
 
 async def test_a_batch_of_ended_calls_is_recorded_within_its_interval(
-    start_server: StartServer, settings: Settings
+    start_server: StartServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    batch = 1.0  # longer than the calls take on a slow machine, short enough to wait for
+    monkeypatch.setattr(layer, "BATCH_SECONDS", batch)
     client = await connect(start_server, settings)
     await asyncio.gather(*(client.complete(request(f"call {i}")) for i in range(5)))
     recorder = client.app.usage.recorder
     assert recorder.counters.submitted == 0
-    await asyncio.sleep(BATCH_SECONDS * 5)
+    await asyncio.sleep(batch * 3)
     assert recorder.counters.submitted == 5
+
+
+async def test_a_record_that_fails_costs_neither_its_call_nor_the_rest_of_its_batch(
+    start_server: StartServer, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layer, "BATCH_SECONDS", 30.0)
+    client = await connect(start_server, settings)
+    recorder = client.app.usage.recorder
+    submit = recorder.submit
+    refused: list[str] = []
+
+    def first_fails(record: UsageRecord) -> None:
+        if not refused:
+            refused.append(record.request_id)
+            raise RuntimeError("a bug while recording")
+        submit(record)
+
+    monkeypatch.setattr(recorder, "submit", first_fails)
+    replies = await asyncio.gather(*(client.complete(request(f"call {i}")) for i in range(4)))
+    assert len(replies) == 4  # every call answered: the failure happens after, in the batch
+    m = await scrape(client.app)  # concludes the batch
+    assert len(refused) == 1
+    assert recorder.counters.submitted == 3
+    assert m.value(REQUESTS) == 3  # the failed record's call is not counted; the others are
 
 
 async def test_unary_and_streamed_calls_are_counted_with_their_tokens(

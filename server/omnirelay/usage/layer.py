@@ -195,7 +195,11 @@ class UsageLayer:
             return
         self._ended = []
         for tally, ended in batch:
-            self._conclude(tally, ended)
+            # In a timer, not a call: a failure must cost neither the call nor the batch's others.
+            try:
+                self._conclude(tally, ended)
+            except Exception:
+                log.exception("usage record of request %s could not be made", tally.request_id)
 
     def _conclude(self, tally: Tally, ended: float) -> None:
         saved_price = self._prices.price(tally.model, tally.deployment) if tally.cache_answered else None
