@@ -4,12 +4,13 @@ A line written on the event loop's thread waits in a buffer until the loop's nex
 flush (at most ``delay`` seconds later, or at once when ``max_lines`` are waiting),
 so a busy server makes one write system call for many request lines instead of one
 each (a write per line was 12% of the server's main-thread samples, by py-spy under
-the bench's unary load, on a VM where system calls are dear). Lines from other threads (the ledger's, the span exporter's),
-lines of level WARNING or worse, and lines written with no event loop running are
-written at once, after whatever is waiting, so the order of lines is kept and nothing
-important waits. ``flush`` writes what is waiting; the server calls it when it stops,
-and the logging module flushes every handler (``SinkHandler.flush``) at interpreter
-exit. A process killed with SIGKILL loses at most the lines of the last ``delay``.
+the bench's unary load, on a VM where system calls are dear). Lines from other
+threads (the ledger's, the span exporter's), lines of level WARNING or worse, and
+lines written with no event loop running are written at once, after whatever is
+waiting, so the order of lines is kept and nothing important waits. ``flush``
+writes what is waiting; the server calls it when it stops, and the logging module
+flushes every handler (``SinkHandler.flush``) at interpreter exit. A process killed
+with SIGKILL loses at most the lines of the last ``delay``.
 """
 
 from __future__ import annotations
