@@ -19,6 +19,7 @@ from omnirelay.domain import (
     Sampling,
     TextDelta,
     TextPart,
+    ToolCall,
     ToolCallDelta,
     ToolChoice,
     ToolChoiceMode,
@@ -173,3 +174,35 @@ async def test_embeddings_are_unit_vectors_and_deterministic(dimensions: int) ->
     assert abs(sum(v * v for v in first.vectors[0]) - 1.0) < 1e-9
     assert first.vectors[0] != first.vectors[1]
     assert first.usage.input_tokens == 2
+
+
+async def test_a_repeated_plain_call_reuses_its_answer_and_still_counts_what_it_generated() -> None:
+    p = provider()
+    first = await p.complete(call(seed=3, max_tokens=6))
+    generated = p.tokens_generated
+    again = await p.complete(call(seed=3, max_tokens=6))
+    assert again.choices == first.choices
+    assert again.usage == first.usage
+    assert p.tokens_generated == 2 * generated == 12
+    # What the answer depends on is part of what is reused: length and choice count change it.
+    longer = await p.complete(call(seed=3, max_tokens=9))
+    assert tokenizer.count_text(longer.choices[0].text) == 9
+    assert longer.choices[0].text.startswith(first.choices[0].text)
+    two = await p.complete(call(seed=3, max_tokens=6, n=2))
+    assert len(two.choices) == 2
+    assert two.usage.output_tokens == 12
+
+
+async def test_tool_calls_in_the_prompt_are_counted_even_when_the_text_is_the_same() -> None:
+    p = provider()
+    asked = Message(Role.USER, (TextPart("tell me a story"),))
+
+    async def input_tokens(arguments: str) -> int:
+        answered = Message(Role.ASSISTANT, (), tool_calls=(ToolCall("call_1", "lookup", arguments),))
+        request = CompletionRequest(model="local-small", messages=(asked, answered))
+        result = await p.complete(ProviderCall(request, Sampling(seed=4, max_tokens=3), DEPLOYMENT))
+        assert result.usage.input_tokens == tokenizer.count_messages(request.messages)
+        return result.usage.input_tokens
+
+    # The same roles and texts, so the same text is generated; the usage still differs.
+    assert await input_tokens('{"city":"Paris"}') < await input_tokens('{"city":"Paris and Lyon and Nice"}')
