@@ -1,0 +1,106 @@
+"""The request line's text fast path says exactly what the general path says, or stands aside."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from omnirelay.domain import TokenUsage
+from omnirelay.telemetry import logs
+from omnirelay.usage.records import BilledAttempt, UsageRecord
+
+ONE = (BilledAttempt("local-small", "local", "local/small", "success"),)
+TWO = (
+    BilledAttempt("local-small", "local", "local/small", "upstream_error"),
+    BilledAttempt("local-small", "local", "local/small", "success"),
+)
+
+
+def general(record: UsageRecord) -> str:
+    return logs._pairs(logs.RequestLog(False, lambda s: s)._fields(record, "", None))
+
+
+def records() -> list[UsageRecord]:
+    found = []
+    for (
+        model,
+        trace_id,
+        ttft,
+        usage,
+        project,
+        cache,
+        streamed,
+        fallback,
+        status,
+        attempts,
+    ) in itertools.product(
+        ("local-small", "fast", "", "a model", "k=v", 'q"uote', "naïve"),
+        ("", "4bf92f3577b34da6a3ce929d0e0e4736"),
+        (None, 0.0123456),
+        (
+            TokenUsage(5, 16),
+            TokenUsage(5, 16, cached_input_tokens=3, reasoning_tokens=2, estimated=True, cost_micros=41),
+        ),
+        ("", "team-a", "team a"),
+        ("", "hit", "bypass"),
+        (False, True),
+        (False, True),
+        (0, 4, 14, 99),
+        (ONE, TWO),
+    ):
+        found.append(
+            UsageRecord(
+                "rec",
+                "5bc966a82659d0ec0000000000000001",
+                1.7e9,
+                model,
+                status,
+                trace_id=trace_id,
+                project=project,
+                resolved_model="local-small" if model else "",
+                provider="local",
+                deployment="local/small",
+                attempts=attempts,
+                usage=usage,
+                latency_seconds=0.031536,
+                ttft_seconds=ttft,
+                cache=cache,
+                streamed=streamed,
+                fallback_used=fallback,
+            )
+        )
+    return found
+
+
+def test_the_fast_path_matches_the_general_path_wherever_it_answers() -> None:
+    answered = 0
+    for record in records():
+        fast = logs._text_pairs(record)
+        if fast is not None:
+            answered += 1
+            assert fast == general(record), record
+    # It answers for the common calls, not just for none of them.
+    assert answered >= 1000
+
+
+@pytest.mark.parametrize(
+    ("model", "project", "attempts"),
+    [("a model", "", ONE), ("k=v", "", ONE), ("local-small", "team a", ONE), ("", "", ONE), ("x", "", TWO)],
+)
+def test_the_fast_path_stands_aside_for_quoting_empty_values_and_retries(
+    model: str, project: str, attempts: tuple[BilledAttempt, ...]
+) -> None:
+    record = UsageRecord(
+        "rec",
+        "rid",
+        1.7e9,
+        model,
+        0,
+        project=project,
+        resolved_model="local-small",
+        provider="local",
+        deployment="local/small",
+        attempts=attempts,
+    )
+    assert logs._text_pairs(record) is None
