@@ -22,6 +22,7 @@ from grpc import aio
 
 from omnirelay import app as app_module
 from omnirelay.app import App
+from omnirelay.cache import layer as cache_layer
 from omnirelay.cache.keys import cache_key
 from omnirelay.cache.stores import MemoryStore
 from omnirelay.config import ModelSettings, Settings
@@ -1157,3 +1158,35 @@ async def test_two_choices_are_cached_and_cross_served_per_choice(
         ) == text(unary.response, i)
     finishes = [e.finish for e in replay.events if e.HasField("finish")]
     assert sorted(f.choice_index for f in finishes) == [0, 1]
+
+
+async def test_requests_seen_before_keep_their_key_and_the_memory_of_them_is_bounded(
+    start_server: StartServer, settings: Settings, sim: RunningSim, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_layer, "_KNOWN_ENTRIES", 3)
+    gw = await gateway(start_server, settings, sim)
+    layer = gw.app.cache
+    assert layer is not None
+    prompts = [f"prompt {i}" for i in range(5)]
+    for prompt in prompts:
+        assert (await gw.complete(ask(prompt))).outcome == MISS
+    assert 0 < len(layer._known) <= 3
+    # Remembered or forgotten, each request finds its own answer, and only its own.
+    for _ in range(2):
+        for prompt in prompts:
+            answer = await gw.complete(ask(prompt))
+            assert answer.outcome == HIT
+            assert answer.response.route.request_id
+    assert gw.upstream == len(prompts)
+    assert len(layer._known) <= 3
+    # A remembered request still obeys the options it carries: only-if-cached on an answered
+    # request is a hit, bypass goes upstream (a different request: its bytes differ).
+    assert (await gw.complete(ask(prompts[-1], mode=Mode.MODE_ONLY_IF_CACHED))).outcome == HIT
+    assert (await gw.complete(ask(prompts[-1], mode=Mode.MODE_BYPASS))).outcome == BYPASS
+    assert gw.upstream == len(prompts) + 1
+    # A request larger than the bound is keyed every time, never kept.
+    monkeypatch.setattr(cache_layer, "_KNOWN_ENTRIES", 100)
+    big = ask("x" * (cache_layer._KNOWN_MAX_BYTES + 1))
+    assert (await gw.complete(big)).outcome == MISS
+    assert (await gw.complete(big)).outcome == HIT
+    assert big.SerializeToString() not in layer._known
