@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from omnirelay.cache.entry import CachedAnswer, assemble, from_events, from_response
-from omnirelay_client.v1 import completion_pb2, stream_pb2, types_pb2
+from omnirelay.domain import TokenUsage
+from omnirelay_client.v1 import cache_pb2, completion_pb2, stream_pb2, types_pb2
 
 Event = stream_pb2.StreamCompleteResponse
 ROUTE = types_pb2.RouteFacts(
@@ -287,3 +288,16 @@ def test_a_stored_answer_carries_no_cost_in_either_shape() -> None:
     assert [e.usage.cost_micros for e in usage_events] == [0]
     streamed = stored(from_events(list(answer.events), paid.route))
     assert [e.usage.cost_micros for e in streamed.events if e.HasField("usage")] == [0]
+
+
+def test_an_answer_read_back_costs_nothing_and_carries_its_tokens_for_the_usage_record() -> None:
+    # An entry written with a cost (by a server that did not clear it) is served free all the same.
+    entry = cache_pb2.CacheEntry(model="m", provider="p", deployment="p/m")
+    entry.response.choices.add(index=0, finish_reason=types_pb2.FINISH_REASON_STOP)
+    entry.response.usage.CopyFrom(
+        types_pb2.Usage(input_tokens=7, output_tokens=3, cached_input_tokens=2, cost_micros=99)
+    )
+    answer = CachedAnswer.from_bytes(entry.SerializeToString())
+    assert answer.response.usage.cost_micros == 0
+    assert answer.usage == TokenUsage(input_tokens=7, output_tokens=3, cached_input_tokens=2)
+    assert answer.usage.cost_micros == 0

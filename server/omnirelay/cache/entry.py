@@ -9,8 +9,9 @@ choice was filtered, errored or cancelled is not.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from omnirelay.domain import TokenUsage
 from omnirelay_client.v1 import cache_pb2, completion_pb2, stream_pb2, types_pb2
 
 _UNCACHEABLE = frozenset(
@@ -33,6 +34,12 @@ class CachedAnswer:
     provider: str
     deployment: str
     size: int  # serialized bytes, for the memory store's bound
+    # The answer's tokens as a hit's usage record keeps them (its cost is nothing): made once per
+    # answer, not once per hit.
+    usage: TokenUsage = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "usage", tokens(self.response.usage))
 
     def to_bytes(self) -> bytes:
         return _entry(
@@ -42,9 +49,23 @@ class CachedAnswer:
     @classmethod
     def from_bytes(cls, data: bytes) -> CachedAnswer:
         entry = cache_pb2.CacheEntry.FromString(data)
+        if entry.response.usage.cost_micros:  # served again it costs nothing (hits copy it as is)
+            entry.response.usage.cost_micros = 0
         return cls(
             tuple(entry.events), entry.response, entry.model, entry.provider, entry.deployment, len(data)
         )
+
+
+def tokens(usage: types_pb2.Usage) -> TokenUsage:
+    """A response's token counts, without its cost (an answer served again costs nothing)."""
+    return TokenUsage(
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cached_input_tokens,
+        usage.reasoning_tokens,
+        usage.estimated,
+        usage.cache_write_input_tokens,
+    )
 
 
 def from_response(response: completion_pb2.CompleteResponse) -> CachedAnswer | None:

@@ -25,13 +25,13 @@ from typing import Any, TypeVar
 
 from grpc import aio
 
-from omnirelay.cache.entry import CachedAnswer, from_events, from_response
+from omnirelay.cache.entry import CachedAnswer, from_events, from_response, tokens
 from omnirelay.cache.flights import Flight, Flights
 from omnirelay.cache.keys import cache_key
 from omnirelay.cache.policy import Decision, decide
 from omnirelay.cache.stores import CacheStore, MemoryStore
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings
-from omnirelay.domain import GatewayEvent, TokenUsage
+from omnirelay.domain import GatewayEvent
 from omnirelay.errors import (
     FieldViolation,
     InvalidArgumentError,
@@ -211,8 +211,11 @@ class CacheLayer:
         decision, key, rid = begun.decision, begun.key, begun.rid
         if begun.answer is not None:
             out = _hit_response(begun.answer, request.model, rid, begun.started)
-            _tally_answer("hit", out.route, out.usage)
-            context.set_trailing_metadata(_metadata(out.route))
+            answer = begun.answer
+            tallies.current().answered_from_cache(
+                "hit", answer.model, answer.provider, answer.deployment, answer.usage
+            )
+            context.set_trailing_metadata(_metadata(rid, answer.model, answer.provider, "hit"))
             return out
         if decision.lookup:
             flight = self._unary.get(key)
@@ -266,7 +269,7 @@ class CacheLayer:
         if outcome == types_pb2.CACHE_OUTCOME_COALESCED:
             out.usage.cost_micros = 0  # the leader's call paid for it
             _tally_answer("coalesced", out.route, out.usage)
-        context.set_trailing_metadata(_metadata(out.route))
+        context.set_trailing_metadata(_route_metadata(out.route))
         return out
 
     # --- streams ----------------------------------------------------------------------------
@@ -329,12 +332,18 @@ def _not_cached(model: str) -> NotFoundError:
     )
 
 
-def _metadata(route: types_pb2.RouteFacts) -> tuple[tuple[str, str], ...]:
+def _metadata(rid: str, model: str, provider: str, outcome: str) -> tuple[tuple[str, str], ...]:
     return (
-        (REQUEST_ID_HEADER, route.request_id),
-        ("x-omnirelay-model", route.resolved_model),
-        ("x-omnirelay-provider", route.provider),
-        ("x-omnirelay-cache", CACHE_OUTCOME_NAMES.get(route.cache, "")),
+        (REQUEST_ID_HEADER, rid),
+        ("x-omnirelay-model", model),
+        ("x-omnirelay-provider", provider),
+        ("x-omnirelay-cache", outcome),
+    )
+
+
+def _route_metadata(route: types_pb2.RouteFacts) -> tuple[tuple[str, str], ...]:
+    return _metadata(
+        route.request_id, route.resolved_model, route.provider, CACHE_OUTCOME_NAMES.get(route.cache, "")
     )
 
 
@@ -356,9 +365,8 @@ def _hit_response(
     answer: CachedAnswer, requested: str, rid: str, started: float
 ) -> completion_pb2.CompleteResponse:
     out = completion_pb2.CompleteResponse()
+    # A stored answer's cost is nothing already (entry.from_response): the tokens are kept.
     out.CopyFrom(answer.response)
-    # Served without an upstream call: the tokens are the answer's, the cost is nothing.
-    out.usage.cost_micros = 0
     _hit_route(out.route, answer, requested, rid, started)
     return out
 
@@ -372,8 +380,10 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
     first.deployment = answer.deployment
     done = stream_pb2.StreamCompleteResponse()
     _hit_route(done.done.route, answer, requested, rid, started)
-    context.set_trailing_metadata(_metadata(done.done.route))
-    _tally_answer("hit", done.done.route, answer.response.usage)
+    context.set_trailing_metadata(_metadata(rid, answer.model, answer.provider, "hit"))
+    tallies.current().answered_from_cache(
+        "hit", answer.model, answer.provider, answer.deployment, answer.usage
+    )
     await write(started_event)
     for event in answer.events:
         await write(event)
@@ -392,18 +402,7 @@ async def _follow_stream(
 def _tally_answer(outcome: str, route: types_pb2.RouteFacts, usage: types_pb2.Usage) -> None:
     """The call was answered without an upstream call of its own: its record says by whom."""
     tallies.current().answered_from_cache(
-        outcome,
-        route.resolved_model,
-        route.provider,
-        route.deployment,
-        TokenUsage(
-            usage.input_tokens,
-            usage.output_tokens,
-            usage.cached_input_tokens,
-            usage.reasoning_tokens,
-            usage.estimated,
-            usage.cache_write_input_tokens,
-        ),
+        outcome, route.resolved_model, route.provider, route.deployment, tokens(usage)
     )
 
 
@@ -432,5 +431,5 @@ async def _write_followed(
         # Looked up once, at the end, rather than watched for on every event.
         usage = next((e.usage for e in reversed(flight.items) if e.HasField("usage")), types_pb2.Usage())
         _tally_answer("coalesced", own.done.route, usage)
-    context.set_trailing_metadata(_metadata(own.done.route))
+    context.set_trailing_metadata(_route_metadata(own.done.route))
     await context.write(own)

@@ -254,14 +254,18 @@ class Tally:
         if answered:
             # A cache answer's tokens are recorded, its cost is nothing: no attempt was made.
             u = self.usage
-            total = TokenUsage(
-                u.input_tokens,
-                u.output_tokens,
-                u.cached_input_tokens,
-                u.reasoning_tokens,
-                u.estimated,
-                u.cache_write_input_tokens,
-                0,
+            total = (
+                u
+                if not u.cost_micros
+                else TokenUsage(
+                    u.input_tokens,
+                    u.output_tokens,
+                    u.cached_input_tokens,
+                    u.reasoning_tokens,
+                    u.estimated,
+                    u.cache_write_input_tokens,
+                    0,
+                )
             )
         elif self.deployment:
             attempts.append(
