@@ -8,6 +8,7 @@ import pytest
 
 from omnirelay.domain import TokenUsage
 from omnirelay.telemetry import logs
+from omnirelay.telemetry.redact import SECRET_MASK, Secrets
 from omnirelay.usage.records import BilledAttempt, UsageRecord
 
 ONE = (BilledAttempt("local-small", "local", "local/small", "success"),)
@@ -76,7 +77,7 @@ def records() -> list[UsageRecord]:
 def test_the_fast_path_matches_the_general_path_wherever_it_answers() -> None:
     answered = 0
     for record in records():
-        fast = logs._text_pairs(record)
+        fast = logs._text_pairs(record, lambda text: True)
         if fast is not None:
             answered += 1
             assert fast == general(record), record
@@ -103,4 +104,46 @@ def test_the_fast_path_stands_aside_for_quoting_empty_values_and_retries(
         deployment="local/small",
         attempts=attempts,
     )
-    assert logs._text_pairs(record) is None
+    assert logs._text_pairs(record, lambda text: True) is None
+
+
+@pytest.mark.parametrize(
+    ("model", "project"),
+    [("sk-proj-Tq4xW9bNc2LmRv7KpYz3", ""), ("local-small", "hunter2hunter2"), ("a-hunter2hunter2-b", "")],
+)
+def test_a_secret_in_a_callers_string_takes_the_masked_path(model: str, project: str) -> None:
+    formatter = logs.TextFormatter(Secrets(["hunter2hunter2"]))
+    record = UsageRecord(
+        "rec",
+        "rid",
+        1.7e9,
+        model,
+        0,
+        project=project,
+        resolved_model="local-small",
+        provider="local",
+        deployment="local/small",
+        attempts=ONE,
+    )
+    assert logs._text_pairs(record, formatter.clean) is None
+    line = formatter.line(logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record)))
+    assert SECRET_MASK in line
+    assert "hunter2hunter2" not in line
+    assert "Tq4xW9bNc2LmRv7KpYz3" not in line
+
+
+def _fields(record: UsageRecord) -> dict[str, object]:
+    return logs.RequestLog(False, lambda s: s)._fields(record, "", None)
+
+
+def test_a_clean_line_is_written_without_a_second_pass_of_the_mask() -> None:
+    formatter = logs.TextFormatter(Secrets(["hunter2hunter2"]))
+    record = UsageRecord(
+        "rec", "rid", 1.7e9, "m", 0, resolved_model="m", provider="p", deployment="p/m", attempts=ONE
+    )
+    pairs = logs._text_pairs(record, formatter.clean)
+    assert pairs is not None
+    line = formatter.with_pairs(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", pairs)
+    assert line == formatter.line(
+        logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record))
+    )

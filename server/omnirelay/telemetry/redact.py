@@ -47,6 +47,14 @@ class Secrets:
                 return self._pattern.sub(SECRET_MASK, text)
         return text
 
+    def absent(self, text: str) -> bool:
+        """True when ``text`` holds no known secret and nothing a credential shape starts with: a
+        line made of such pieces and the gateway's own words needs no mask."""
+        for marker in self._markers:
+            if marker in text:
+                return False
+        return True
+
 
 _PII = {
     # Starts only where a local part starts, and never gives back what it took: without both, a
