@@ -50,7 +50,7 @@ class Secrets:
     def absent(self, text: str) -> bool:
         """True when ``text`` holds no known secret and nothing a credential shape starts with: a
         line made of such pieces and the gateway's own words needs no mask."""
-        for marker in self._markers:
+        for marker in self._markers:  # noqa: SIM110 (a loop costs less than all() of a generator)
             if marker in text:
                 return False
         return True
