@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -88,8 +89,8 @@ class CacheLayer:
         self.counters = CacheCounters()
         self._gateway = gateway
         self._timeout = settings.backend_timeout_seconds
-        # The memory store does no I/O: a timeout around it would only cost time on every hit.
-        self._bounded = not isinstance(store, MemoryStore)
+        # The memory store does no I/O: no timeout around it, no coroutine for its lookups.
+        self._memory = store if isinstance(store, MemoryStore) else None
         self._known: dict[bytes, tuple[Decision, str, str]] = {}
         self._unary: Flights[completion_pb2.CompleteResponse] = Flights()
         self._streams: Flights[stream_pb2.StreamCompleteResponse] = Flights()
@@ -101,14 +102,9 @@ class CacheLayer:
         inner_complete = completion.Complete
         inner_stream = stream.StreamComplete
 
-        async def complete(request: completion_pb2.CompleteRequest, context: Context) -> Any:
-            return await self._complete(request, context, inner_complete)
-
-        async def stream_complete(request: stream_pb2.StreamCompleteRequest, context: Context) -> None:
-            await self._stream(request, context, inner_stream)
-
-        completion.Complete = complete
-        stream.StreamComplete = stream_complete
+        # Partials rather than wrapper coroutines: one coroutine fewer per call.
+        completion.Complete = functools.partial(self._complete, inner=inner_complete)
+        stream.StreamComplete = functools.partial(self._stream, inner=inner_stream)
 
     def _decide(self, request: completion_pb2.CompleteRequest) -> tuple[Decision, str] | None:
         try:
@@ -126,8 +122,6 @@ class CacheLayer:
 
     async def _get(self, key: str) -> CachedAnswer | None:
         try:
-            if not self._bounded:
-                return await self.store.get(key)
             async with asyncio.timeout(self._timeout):
                 return await self.store.get(key)
         except Exception as exc:  # a slow or broken store is a miss, never a failed call
@@ -187,7 +181,8 @@ class CacheLayer:
                 self._known[raw] = (decision, model, key)
         answer = None
         if decision.lookup:
-            answer = await self._get(key)
+            memory = self._memory
+            answer = memory.get_now(key) if memory is not None else await self._get(key)
             if answer is not None:
                 self.counters.hits += 1
             elif decision.only_cached:

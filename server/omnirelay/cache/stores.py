@@ -97,6 +97,10 @@ class MemoryStore:
         self._evictions = 0
 
     async def get(self, key: str) -> CachedAnswer | None:
+        return self.get_now(key)
+
+    def get_now(self, key: str) -> CachedAnswer | None:
+        """``get`` without a coroutine: the memory store never waits (a hit's path saves one)."""
         slot = self._slots.get(key)
         if slot is None:
             return None
