@@ -124,9 +124,8 @@ class UsageLayer:
         return handler
 
     def _open(self, request: completion_pb2.CompleteRequest, *, streamed: bool) -> Tally:
-        tally = Tally(
-            self._finish, new_id(), current_request_id(), request.model, streamed, current_trace_id()
-        )
+        # The record's id is made with the record, in the batch, not on the call's path.
+        tally = Tally(self._finish, current_request_id(), request.model, streamed, current_trace_id())
         # Reading an unset sub-message still builds it: most calls carry no attribution.
         if request.HasField("attribution"):
             attribution = request.attribution
@@ -203,7 +202,7 @@ class UsageLayer:
 
     def _conclude(self, tally: Tally, ended: float) -> None:
         saved_price = self._prices.price(tally.model, tally.deployment) if tally.cache_answered else None
-        record = tally.record(self._prices.version, ended, saved_price)
+        record = tally.record(new_id(), self._prices.version, ended, saved_price)
         if self._sink is not None:
             self._sink.submit(record)
         if self._observers or tally.trace is not None:

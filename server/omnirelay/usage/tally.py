@@ -79,7 +79,6 @@ class Tally:
         "project",
         "prompt",
         "provider",
-        "record_id",
         "request_id",
         "requested_model",
         "started",
@@ -98,14 +97,12 @@ class Tally:
     def __init__(
         self,
         sink: Callable[[Tally], None],
-        record_id: str,
         request_id: str,
         requested_model: str,
         streamed: bool,
         trace_id: str = "",
     ) -> None:
         self._sink = sink
-        self.record_id = record_id
         self.request_id = request_id
         self.requested_model = requested_model
         self.streamed = streamed
@@ -203,7 +200,9 @@ class Tally:
     def latency(self) -> float:
         return time.perf_counter() - self.started
 
-    def record(self, price_table_version: str, ended: float, saved_price: Price | None) -> UsageRecord:
+    def record(
+        self, record_id: str, price_table_version: str, ended: float, saved_price: Price | None
+    ) -> UsageRecord:
         """The call's record; ``saved_price`` prices a cache answer's tokens as the saving."""
         answered = self.cache_answered
         if not self.trail_records and self._extra is None and self.deployment and not answered:
@@ -218,7 +217,7 @@ class Tally:
         saved = saved_price.cost_micros(self.usage) if answered and saved_price is not None else 0
         streamed = self.streamed
         return UsageRecord(
-            self.record_id,
+            record_id,
             self.request_id,
             self.started_wall,
             self.requested_model,
@@ -386,7 +385,7 @@ class _NullTally(Tally):
         pass
 
 
-NULL_TALLY: Tally = _NullTally(lambda _: None, "", "", "", False)
+NULL_TALLY: Tally = _NullTally(lambda _: None, "", "", False)
 _current: ContextVar[Tally] = ContextVar("omnirelay_tally", default=NULL_TALLY)
 
 
