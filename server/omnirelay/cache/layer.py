@@ -152,8 +152,9 @@ class CacheLayer:
         ONLY_IF_CACHED.
         """
         started = time.perf_counter()
-        raw = request.SerializeToString()
-        known = self._known.get(raw)
+        # Sized first (cheap: string lengths are known) so a long prompt is not serialized twice.
+        raw = request.SerializeToString() if request.ByteSize() <= _KNOWN_MAX_BYTES else b""
+        known = self._known.get(raw) if raw else None
         if known is not None:
             # The same bytes were decided, validated and keyed before: all pure functions of them.
             decision, model, key = known
@@ -175,7 +176,7 @@ class CacheLayer:
                     [FieldViolation(field_prefix + v.field, v.description) for v in bad]
                 )
             key = cache_key(request, model, request.attribution.project)
-            if len(raw) <= _KNOWN_MAX_BYTES:
+            if raw:
                 if len(self._known) >= _KNOWN_ENTRIES:
                     self._known.clear()
                 self._known[raw] = (decision, model, key)
