@@ -214,6 +214,20 @@ class TokenUsage:
     cache_write_input_tokens: int = 0
     cost_micros: int = 0
 
+    def costing(self, micros: int) -> TokenUsage:
+        """These tokens at ``micros`` (itself when that is their cost already: no new object)."""
+        if micros == self.cost_micros:
+            return self
+        return TokenUsage(
+            self.input_tokens,
+            self.output_tokens,
+            self.cached_input_tokens,
+            self.reasoning_tokens,
+            self.estimated,
+            self.cache_write_input_tokens,
+            micros,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class TokenLogprob:

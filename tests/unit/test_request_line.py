@@ -18,6 +18,22 @@ TWO = (
 )
 
 
+def plain(model: str, project: str = "", attempts: tuple[BilledAttempt, ...] = ONE) -> UsageRecord:
+    """A call served by local/small, asked for ``model``."""
+    return UsageRecord(
+        "rec",
+        "rid",
+        1.7e9,
+        model,
+        0,
+        project=project,
+        resolved_model="local-small",
+        provider="local",
+        deployment="local/small",
+        attempts=attempts,
+    )
+
+
 def general(record: UsageRecord) -> str:
     return logs._pairs(logs.RequestLog(False, lambda s: s)._fields(record, "", None))
 
@@ -92,19 +108,7 @@ def test_the_fast_path_matches_the_general_path_wherever_it_answers() -> None:
 def test_the_fast_path_stands_aside_for_quoting_empty_values_and_retries(
     model: str, project: str, attempts: tuple[BilledAttempt, ...]
 ) -> None:
-    record = UsageRecord(
-        "rec",
-        "rid",
-        1.7e9,
-        model,
-        0,
-        project=project,
-        resolved_model="local-small",
-        provider="local",
-        deployment="local/small",
-        attempts=attempts,
-    )
-    assert logs._text_pairs(record, lambda text: True) is None
+    assert logs._text_pairs(plain(model, project, attempts), lambda text: True) is None
 
 
 @pytest.mark.parametrize(
@@ -113,18 +117,7 @@ def test_the_fast_path_stands_aside_for_quoting_empty_values_and_retries(
 )
 def test_a_secret_in_a_callers_string_takes_the_masked_path(model: str, project: str) -> None:
     formatter = logs.TextFormatter(Secrets(["hunter2hunter2"]))
-    record = UsageRecord(
-        "rec",
-        "rid",
-        1.7e9,
-        model,
-        0,
-        project=project,
-        resolved_model="local-small",
-        provider="local",
-        deployment="local/small",
-        attempts=ONE,
-    )
+    record = plain(model, project)
     assert logs._text_pairs(record, formatter.clean) is None
     line = formatter.line(logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record)))
     assert SECRET_MASK in line

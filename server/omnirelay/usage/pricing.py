@@ -96,18 +96,7 @@ def with_cost(u: TokenUsage, price: Price | None) -> TokenUsage:
     """``u`` with its cost filled in (unchanged when the price is unknown: cost 0)."""
     if price is None:
         return u
-    cost = price.cost_micros(u)
-    if cost == u.cost_micros:
-        return u
-    return TokenUsage(
-        u.input_tokens,
-        u.output_tokens,
-        u.cached_input_tokens,
-        u.reasoning_tokens,
-        u.estimated,
-        u.cache_write_input_tokens,
-        cost,
-    )
+    return u.costing(price.cost_micros(u))
 
 
 @dataclass(frozen=True, slots=True)

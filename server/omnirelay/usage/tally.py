@@ -252,20 +252,7 @@ class Tally:
             attempts.append(_billed_attempt(r, billed))
         if answered:
             # A cache answer's tokens are recorded, its cost is nothing: no attempt was made.
-            u = self.usage
-            total = (
-                u
-                if not u.cost_micros
-                else TokenUsage(
-                    u.input_tokens,
-                    u.output_tokens,
-                    u.cached_input_tokens,
-                    u.reasoning_tokens,
-                    u.estimated,
-                    u.cache_write_input_tokens,
-                    0,
-                )
-            )
+            total = self.usage.costing(0)
         elif self.deployment:
             attempts.append(
                 BilledAttempt(self.model, self.provider, self.deployment, "success", usage=self.usage)
