@@ -140,3 +140,29 @@ def test_a_clean_line_is_written_without_a_second_pass_of_the_mask() -> None:
     assert line == formatter.line(
         logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record))
     )
+
+
+def test_a_json_line_of_a_clean_call_is_the_general_paths_line() -> None:
+    formatter = logs.JsonFormatter(Secrets(["hunter2hunter2"]))
+    checked = 0
+    for record in records():
+        if not formatter.clean(logs._given(record)):
+            continue
+        fields = _fields(record)
+        general_line = formatter.line(
+            logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", record.request_id, fields)
+        )
+        assert formatter.with_fields(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", fields) == general_line
+        checked += 1
+    assert checked == len(records())
+
+
+@pytest.mark.parametrize("model", ["sk-proj-Tq4xW9bNc2LmRv7KpYz3", "a-hunter2hunter2-b"])
+def test_a_secret_in_a_callers_string_keeps_a_json_line_on_the_masked_path(model: str) -> None:
+    formatter = logs.JsonFormatter(Secrets(["hunter2hunter2"]))
+    record = plain(model)
+    assert not formatter.clean(logs._given(record))
+    line = formatter.line(logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record)))
+    assert SECRET_MASK in line
+    assert "hunter2hunter2" not in line
+    assert "Tq4xW9bNc2LmRv7KpYz3" not in line

@@ -90,6 +90,13 @@ class LineFormatter(logging.Formatter):
     def line(self, p: Line) -> str:
         raise NotImplementedError
 
+    def clean(self, text: str) -> bool:
+        """Whether ``text`` holds nothing the secret mask looks for."""
+        redact = self._redact
+        if isinstance(redact, Secrets):
+            return redact.absent(text)
+        return redact(text) == text
+
     def format(self, record: logging.LogRecord) -> str:
         extra = self.formatException(record.exc_info) if record.exc_info else ""
         if record.stack_info:
@@ -127,6 +134,13 @@ class JsonFormatter(LineFormatter):
             entry["exc"] = p.extra
         return self._redact(_encode(entry))
 
+    def with_fields(self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any]) -> str:
+        """``line`` for a request line whose strings are known ``clean`` (``RequestLog``'s common
+        line): the mask is not run again over the whole line. ``fields`` starts with request_id."""
+        entry: dict[str, Any] = {"ts": self._time(created), "level": level, "logger": logger, "msg": msg}
+        entry.update(fields)
+        return _encode(entry)
+
 
 class TextFormatter(LineFormatter):
     """``2026-11-22 10:00:00,123 INFO    omnirelay.access request k=v ...`` (local time)."""
@@ -143,13 +157,6 @@ class TextFormatter(LineFormatter):
         if p.extra:
             text += "\n" + p.extra
         return self._redact(text)
-
-    def clean(self, text: str) -> bool:
-        """Whether ``text`` holds nothing the secret mask looks for."""
-        redact = self._redact
-        if isinstance(redact, Secrets):
-            return redact.absent(text)
-        return redact(text) == text
 
     def with_pairs(self, created: float, level: str, logger: str, msg: str, pairs: str) -> str:
         """``line`` for fields already in their ``k=v`` form and known ``clean`` (``RequestLog``'s
@@ -249,8 +256,10 @@ class RequestLog:
         handler = _sink_handler()
         formatter = handler.formatter if handler is not None else None
         self._direct = (handler.sink, formatter) if isinstance(formatter, LineFormatter) and handler else None
-        # Text lines of plain calls skip the fields dict (see _text_pairs).
-        self._text = formatter if isinstance(formatter, TextFormatter) and handler and not content else None
+        # Lines of plain calls skip the general path (see _text_pairs and _given_clean).
+        fast = handler is not None and not content
+        self._text = formatter if isinstance(formatter, TextFormatter) and fast else None
+        self._json = formatter if isinstance(formatter, JsonFormatter) and fast else None
 
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
         if not self._log.isEnabledFor(logging.INFO):
@@ -264,6 +273,13 @@ class RequestLog:
                 self._direct[0].write(text.with_pairs(ended, "INFO", ACCESS_LOGGER, "request", pairs))
                 return
         fields = self._fields(record, prompt, completion)
+        json_formatter = self._json
+        if json_formatter is not None and json_formatter.clean(_given(record)):
+            assert self._direct is not None
+            ended = record.time + record.latency_seconds
+            line = json_formatter.with_fields(ended, "INFO", ACCESS_LOGGER, "request", fields)
+            self._direct[0].write(line)
+            return
         direct = self._direct
         if direct is None:
             self._log.info("request", extra={"fields": fields})
@@ -338,7 +354,7 @@ def _text_pairs(record: UsageRecord, clean: Callable[[str], bool]) -> str | None
     # match over their concatenation shows every one of them is bare.
     if not (rid and model and resolved and provider and deployment):
         return None
-    given = f"{rid}{model}{resolved}{provider}{deployment}{trace_id}{project}"
+    given = _given(record)
     if not _BARE.fullmatch(given) or not clean(given):
         return None
     usage = record.usage
@@ -363,3 +379,12 @@ def _text_pairs(record: UsageRecord, clean: Callable[[str], bool]) -> str | None
     if project:
         text += f" project={project}"
     return text
+
+
+def _given(record: UsageRecord) -> str:
+    """The strings of a request line that a caller or the configuration chose, run together: the
+    rest of the line is the gateway's own words and numbers, with nothing to quote or mask."""
+    return (
+        f"{record.request_id}{record.requested_model}{record.resolved_model}{record.provider}"
+        f"{record.deployment}{record.trace_id}{record.project}"
+    )
