@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import itertools
+import logging
 
 import pytest
 
 from omnirelay.domain import TokenUsage
 from omnirelay.telemetry import logs
 from omnirelay.telemetry.redact import SECRET_MASK, Secrets
+from omnirelay.telemetry.sink import LineSink
 from omnirelay.usage.records import BilledAttempt, UsageRecord
 
 ONE = (BilledAttempt("local-small", "local", "local/small", "success"),)
@@ -93,7 +96,7 @@ def records() -> list[UsageRecord]:
 def test_the_fast_path_matches_the_general_path_wherever_it_answers() -> None:
     answered = 0
     for record in records():
-        fast = logs._text_pairs(record, lambda text: True)
+        fast = logs._text_pairs(record, logs._given(record))
         if fast is not None:
             answered += 1
             assert fast == general(record), record
@@ -108,7 +111,8 @@ def test_the_fast_path_matches_the_general_path_wherever_it_answers() -> None:
 def test_the_fast_path_stands_aside_for_quoting_empty_values_and_retries(
     model: str, project: str, attempts: tuple[BilledAttempt, ...]
 ) -> None:
-    assert logs._text_pairs(plain(model, project, attempts), lambda text: True) is None
+    record = plain(model, project, attempts)
+    assert logs._text_pairs(record, logs._given(record)) is None
 
 
 @pytest.mark.parametrize(
@@ -118,8 +122,18 @@ def test_the_fast_path_stands_aside_for_quoting_empty_values_and_retries(
 def test_a_secret_in_a_callers_string_takes_the_masked_path(model: str, project: str) -> None:
     formatter = logs.TextFormatter(Secrets(["hunter2hunter2"]))
     record = plain(model, project)
-    assert logs._text_pairs(record, formatter.clean) is None
-    line = formatter.line(logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record)))
+    assert not formatter.clean(logs._given(record))
+    line = observed(formatter, record)
+    assert line == formatter.line(
+        logs.Line(
+            record.time + record.latency_seconds,
+            "INFO",
+            logs.ACCESS_LOGGER,
+            "request",
+            "rid",
+            _fields(record),
+        )
+    )
     assert SECRET_MASK in line
     assert "hunter2hunter2" not in line
     assert "Tq4xW9bNc2LmRv7KpYz3" not in line
@@ -129,17 +143,34 @@ def _fields(record: UsageRecord) -> dict[str, object]:
     return logs.RequestLog(False, lambda s: s)._fields(record, "", None)
 
 
+def observed(formatter: logs.LineFormatter, record: UsageRecord) -> str:
+    """The line a RequestLog writing through ``formatter`` to a sink makes of ``record``."""
+    stream = io.StringIO()
+    request_log = logs.RequestLog(False, lambda s: s)
+    request_log._sink, request_log._formatter = LineSink(stream), formatter
+    access = logging.getLogger(logs.ACCESS_LOGGER)
+    level = access.level
+    access.setLevel(logging.INFO)
+    try:
+        request_log.observe(record, "", None)
+    finally:
+        access.setLevel(level)
+    return stream.getvalue().removesuffix("\n")
+
+
 def test_a_clean_line_is_written_without_a_second_pass_of_the_mask() -> None:
     formatter = logs.TextFormatter(Secrets(["hunter2hunter2"]))
     record = UsageRecord(
         "rec", "rid", 1.7e9, "m", 0, resolved_model="m", provider="p", deployment="p/m", attempts=ONE
     )
-    pairs = logs._text_pairs(record, formatter.clean)
+    assert formatter.clean(logs._given(record))
+    pairs = logs._text_pairs(record, logs._given(record))
     assert pairs is not None
     line = formatter.with_pairs(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", pairs)
     assert line == formatter.line(
         logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record))
     )
+    assert observed(formatter, record) == line
 
 
 def test_a_json_line_of_a_clean_call_is_the_general_paths_line() -> None:
@@ -162,7 +193,17 @@ def test_a_secret_in_a_callers_string_keeps_a_json_line_on_the_masked_path(model
     formatter = logs.JsonFormatter(Secrets(["hunter2hunter2"]))
     record = plain(model)
     assert not formatter.clean(logs._given(record))
-    line = formatter.line(logs.Line(1.7e9, "INFO", logs.ACCESS_LOGGER, "request", "rid", _fields(record)))
+    line = observed(formatter, record)
+    assert line == formatter.line(
+        logs.Line(
+            record.time + record.latency_seconds,
+            "INFO",
+            logs.ACCESS_LOGGER,
+            "request",
+            "rid",
+            _fields(record),
+        )
+    )
     assert SECRET_MASK in line
     assert "hunter2hunter2" not in line
     assert "Tq4xW9bNc2LmRv7KpYz3" not in line

@@ -255,38 +255,32 @@ class RequestLog:
         # (a test capturing records), through the logger like any line.
         handler = _sink_handler()
         formatter = handler.formatter if handler is not None else None
-        self._direct = (handler.sink, formatter) if isinstance(formatter, LineFormatter) and handler else None
-        # Lines of plain calls skip the general path (see _text_pairs and _given).
-        fast = handler is not None and not content
-        self._text = formatter if isinstance(formatter, TextFormatter) and fast else None
-        self._json = formatter if isinstance(formatter, JsonFormatter) and fast else None
+        self._sink = handler.sink if handler is not None and isinstance(formatter, LineFormatter) else None
+        self._formatter = formatter if isinstance(formatter, LineFormatter) else None
 
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
         if not self._log.isEnabledFor(logging.INFO):
             return
-        text = self._text
-        if text is not None:
-            pairs = _text_pairs(record, text.clean)
-            if pairs is not None:
-                assert self._direct is not None
-                ended = record.time + record.latency_seconds
-                self._direct[0].write(text.with_pairs(ended, "INFO", ACCESS_LOGGER, "request", pairs))
-                return
-        fields = self._fields(record, prompt, completion)
-        json_formatter = self._json
-        if json_formatter is not None and json_formatter.clean(_given(record)):
-            assert self._direct is not None
-            ended = record.time + record.latency_seconds
-            line = json_formatter.with_fields(ended, "INFO", ACCESS_LOGGER, "request", fields)
-            self._direct[0].write(line)
+        sink, formatter = self._sink, self._formatter
+        if sink is None or formatter is None:
+            self._log.info("request", extra={"fields": self._fields(record, prompt, completion)})
             return
-        direct = self._direct
-        if direct is None:
-            self._log.info("request", extra={"fields": fields})
-            return
-        sink, formatter = direct
         # Stamped with when the call ended, not when its batch is told.
         ended = record.time + record.latency_seconds
+        given = _given(record)
+        if not self._content and formatter.clean(given):
+            # Nothing in the line for the secret mask: the short forms, without its pass over the
+            # whole line (the rest of the line is the gateway's own words and numbers).
+            if isinstance(formatter, TextFormatter):
+                pairs = _text_pairs(record, given)
+                if pairs is not None:
+                    sink.write(formatter.with_pairs(ended, "INFO", ACCESS_LOGGER, "request", pairs))
+                    return
+            elif isinstance(formatter, JsonFormatter):
+                fields = self._fields(record, prompt, completion)
+                sink.write(formatter.with_fields(ended, "INFO", ACCESS_LOGGER, "request", fields))
+                return
+        fields = self._fields(record, prompt, completion)
         sink.write(formatter.line(Line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)))
 
     def _fields(self, record: UsageRecord, prompt: str, completion: str | None) -> dict[str, Any]:
@@ -330,15 +324,14 @@ class RequestLog:
         return fields
 
 
-def _text_pairs(record: UsageRecord, clean: Callable[[str], bool]) -> str | None:
-    """``_pairs(RequestLog._fields(record))`` for a call with at most one attempt and strings that
-    need no quoting and hold nothing the secret mask would change (None otherwise: the caller
-    takes the general path).
+def _text_pairs(record: UsageRecord, given: str) -> str | None:
+    """``_pairs(RequestLog._fields(record))`` for a call with at most one attempt whose ``given``
+    strings (``_given``) need no quoting; None otherwise (the caller takes the general path).
 
-    One f-string instead of a dict, a loop and a pattern match per field, and only the strings
-    that come from the caller or the configuration shown to the mask (a third of the line): the
-    request line is written for every call, and callgrind counts 46k instructions for it this
-    way against 83k the general way. ``test_request_line`` holds the two paths to the same output.
+    One f-string instead of a dict, a loop and a pattern match per field, and the secret mask
+    shown only the given strings (a third of the line, checked by the caller): the request line
+    is written for every call, and callgrind counts 46k instructions for it this way against 83k
+    the general way. ``test_request_line`` holds the two paths to the same output.
     """
     if len(record.attempts) > 1:
         return None
@@ -347,10 +340,7 @@ def _text_pairs(record: UsageRecord, clean: Callable[[str], bool]) -> str | None
     trace_id, project = record.trace_id, record.project
     # Empty strings are left out of a line, so the fixed layout below needs them all set; one
     # match over their concatenation shows every one of them is bare.
-    if not (rid and model and resolved and provider and deployment):
-        return None
-    given = _given(record)
-    if not _BARE.fullmatch(given) or not clean(given):
+    if not (rid and model and resolved and provider and deployment) or not _BARE.fullmatch(given):
         return None
     usage = record.usage
     text = (
