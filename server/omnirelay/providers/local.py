@@ -83,10 +83,11 @@ class LocalProvider:
         return self._settings.name
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
-        key = _memo_key(call)
+        prompt = _prompt_key(call)
+        key = _memo_key(call, prompt)
         known = self._memo.get(key) if key else None
         if known is None:
-            planned = _plan(call, self._settings.default_output_tokens)
+            planned = _plan(call, self._settings.default_output_tokens, prompt)
             steps = max(c.run_to_end() for c in planned)
             known = (
                 tuple(c.result() for c in planned),
@@ -312,21 +313,23 @@ def _prompt_key(call: ProviderCall) -> str:
     return f"{call.deployment.provider_model}\x1f{prompt}\x1f{sampling.seed}\x1f{sampling.temperature}"
 
 
-def _memo_key(call: ProviderCall) -> str:
-    """Everything a plain call's answer depends on; "" when the call is not plain (not memoized)."""
+def _memo_key(call: ProviderCall, prompt: str) -> str:
+    """Everything a plain call's answer depends on (``prompt``: its ``_prompt_key``); "" when the
+    call is not plain (not memoized)."""
     request, sampling = call.request, call.sampling
     if request.tools or sampling.stop or sampling.logprobs:
         return ""
     for m in request.messages:
         if m.tool_calls:  # counted in the usage, not in the prompt key
             return ""
-    return f"{_prompt_key(call)}\x1f{sampling.max_tokens}\x1f{sampling.n}"
+    return f"{prompt}\x1f{sampling.max_tokens}\x1f{sampling.n}"
 
 
-def _plan(call: ProviderCall, default_tokens: int) -> list[_ChoiceState]:
+def _plan(call: ProviderCall, default_tokens: int, key: str | None = None) -> list[_ChoiceState]:
     sampling = call.sampling
     limit = sampling.max_tokens if sampling.max_tokens is not None else default_tokens
-    key = _prompt_key(call)
+    if key is None:
+        key = _prompt_key(call)
     choices = []
     for index in range(sampling.n or 1):
         digest = hashlib.blake2b(f"{key}\x1f{index}".encode(), digest_size=8).digest()
