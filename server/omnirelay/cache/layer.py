@@ -152,34 +152,10 @@ class CacheLayer:
         ONLY_IF_CACHED.
         """
         started = time.perf_counter()
-        # Sized first (cheap: string lengths are known) so a long prompt is not serialized twice.
-        raw = request.SerializeToString() if request.ByteSize() <= _KNOWN_MAX_BYTES else b""
-        known = self._known.get(raw) if raw else None
-        if known is not None:
-            # The same bytes were decided, validated and keyed before: all pure functions of them.
-            decision, model, key = known
-        else:
-            decided = self._decide(request)
-            if decided is None:
-                return None
-            decision, model = decided
-            if not decision.lookup and not decision.store:
-                if decision.only_cached:
-                    raise _not_cached(model)
-                self.counters.bypassed += 1
-                render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
-                tallies.current().cache = "bypass"
-                return None
-            bad = convert.option_violations(request)
-            if bad:
-                raise InvalidArgumentError(
-                    [FieldViolation(field_prefix + v.field, v.description) for v in bad]
-                )
-            key = cache_key(request, model, request.attribution.project)
-            if raw:
-                if len(self._known) >= _KNOWN_ENTRIES:
-                    self._known.clear()
-                self._known[raw] = (decision, model, key)
+        keyed = self._keyed(request, field_prefix)
+        if keyed is None:
+            return None
+        decision, model, key = keyed
         answer = None
         if decision.lookup:
             memory = self._memory
@@ -191,6 +167,40 @@ class CacheLayer:
                 tallies.current().cache = "miss"
                 raise _not_cached(model)
         return _Begun(decision, key, current_request_id(), started, answer)
+
+    def _keyed(
+        self, request: completion_pb2.CompleteRequest, field_prefix: str
+    ) -> tuple[Decision, str, str] | None:
+        """The call's decision, canonical model and key; None when the cache does not apply.
+
+        A request seen before (the same bytes) gets what it got then, all pure functions of its
+        bytes; the rest are decided, validated and keyed, and remembered when small.
+        """
+        # Sized first (cheap: string lengths are known) so a long prompt is not serialized twice.
+        raw = request.SerializeToString() if request.ByteSize() <= _KNOWN_MAX_BYTES else b""
+        known = self._known.get(raw) if raw else None
+        if known is not None:
+            return known
+        decided = self._decide(request)
+        if decided is None:
+            return None
+        decision, model = decided
+        if not decision.lookup and not decision.store:
+            if decision.only_cached:
+                raise _not_cached(model)
+            self.counters.bypassed += 1
+            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
+            tallies.current().cache = "bypass"
+            return None
+        bad = convert.option_violations(request)
+        if bad:
+            raise InvalidArgumentError([FieldViolation(field_prefix + v.field, v.description) for v in bad])
+        keyed = (decision, model, cache_key(request, model, request.attribution.project))
+        if raw:
+            if len(self._known) >= _KNOWN_ENTRIES:
+                self._known.clear()
+            self._known[raw] = keyed
+        return keyed
 
     # --- unary ------------------------------------------------------------------------------
 
@@ -206,13 +216,8 @@ class CacheLayer:
             return response
         decision, key, rid = begun.decision, begun.key, begun.rid
         if begun.answer is not None:
-            out = _hit_response(begun.answer, request.model, rid, begun.started)
-            answer = begun.answer
-            tallies.current().answered_from_cache(
-                "hit", answer.model, answer.provider, answer.deployment, answer.usage
-            )
-            context.set_trailing_metadata(_metadata(rid, answer.model, answer.provider, "hit"))
-            return out
+            _served_hit(begun.answer, rid, context)
+            return _hit_response(begun.answer, request.model, rid, begun.started)
         if decision.lookup:
             flight = self._unary.get(key)
             if flight is not None:
@@ -357,6 +362,14 @@ def _hit_route(
     route.latency.nanos = int((elapsed - int(elapsed)) * 1e9)
 
 
+def _served_hit(answer: CachedAnswer, rid: str, context: Context) -> None:
+    """A hit's trailers, and its record's facts: served by the cache, the answer's tokens."""
+    context.set_trailing_metadata(_metadata(rid, answer.model, answer.provider, "hit"))
+    tallies.current().answered_from_cache(
+        "hit", answer.model, answer.provider, answer.deployment, answer.usage
+    )
+
+
 def _hit_response(
     answer: CachedAnswer, requested: str, rid: str, started: float
 ) -> completion_pb2.CompleteResponse:
@@ -376,10 +389,7 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
     first.deployment = answer.deployment
     done = stream_pb2.StreamCompleteResponse()
     _hit_route(done.done.route, answer, requested, rid, started)
-    context.set_trailing_metadata(_metadata(rid, answer.model, answer.provider, "hit"))
-    tallies.current().answered_from_cache(
-        "hit", answer.model, answer.provider, answer.deployment, answer.usage
-    )
+    _served_hit(answer, rid, context)
     await write(started_event)
     for event in answer.events:
         await write(event)
