@@ -357,9 +357,7 @@ def _hit_route(
     route.deployment = answer.deployment
     route.cache = types_pb2.CACHE_OUTCOME_HIT
     route.request_id = rid
-    elapsed = time.perf_counter() - started
-    route.latency.seconds = int(elapsed)
-    route.latency.nanos = int((elapsed - int(elapsed)) * 1e9)
+    render.set_duration(route.latency, time.perf_counter() - started)
 
 
 def _served_hit(answer: CachedAnswer, rid: str, context: Context) -> None:

@@ -65,7 +65,7 @@ def _fill_usage(out: types_pb2.Usage, u: d.TokenUsage) -> None:
         out.estimated = True
 
 
-def _set_duration(target: duration_pb2.Duration, seconds: float) -> None:
+def set_duration(target: duration_pb2.Duration, seconds: float) -> None:
     # Setting the fields in place costs about half of building a Duration and copying it in.
     whole = int(seconds)
     target.seconds = whole
@@ -103,10 +103,10 @@ def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo, upstream_request_id
             outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
             upstream_request_id=upstream_request_id,
         )
-        _set_duration(first.latency, r.latency_seconds)
-    _set_duration(facts.latency, r.latency_seconds)
+        set_duration(first.latency, r.latency_seconds)
+    set_duration(facts.latency, r.latency_seconds)
     if r.ttft_seconds is not None:
-        _set_duration(facts.time_to_first_token, r.ttft_seconds)
+        set_duration(facts.time_to_first_token, r.ttft_seconds)
 
 
 def _logprobs(items: tuple[d.TokenLogprob, ...]) -> types_pb2.Logprobs:
