@@ -42,10 +42,7 @@ class Secrets:
         self._markers = (*known, *_SHAPE_MARKERS)
 
     def __call__(self, text: str) -> str:
-        for marker in self._markers:
-            if marker in text:
-                return self._pattern.sub(SECRET_MASK, text)
-        return text
+        return text if self.absent(text) else self._pattern.sub(SECRET_MASK, text)
 
     def absent(self, text: str) -> bool:
         """True when ``text`` holds no known secret and nothing a credential shape starts with: a
