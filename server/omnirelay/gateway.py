@@ -8,7 +8,8 @@ first deployment. Services never call providers directly.
 from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Sequence
-from dataclasses import replace
+
+from msgspec import structs
 
 from omnirelay.domain import Completion, CompletionRequest, EmbeddingResult, GatewayEvent, Message
 from omnirelay.errors import DeadlineExceededError, UnimplementedError
@@ -71,7 +72,7 @@ class Gateway:
             raise UnimplementedError(f"provider {provider.name!r} does not serve embeddings")
         result = await provider.embed(entry.deployment, inputs, dimensions)
         priced = with_cost(result.usage, target.price)
-        return entry.name, result if priced is result.usage else replace(result, usage=priced)
+        return entry.name, result if priced is result.usage else structs.replace(result, usage=priced)
 
     async def count_tokens(self, model: str, messages: Sequence[Message]) -> tuple[str, int, bool]:
         """(canonical model, input tokens, estimated?)."""

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiosqlite
 import asyncpg
+import msgspec
 import pytest
 
 from omnirelay.domain import TokenUsage
@@ -217,7 +218,7 @@ def test_the_full_record_sets_every_field() -> None:
     # Guards the round-trip test below: a field added later with its default would go unchecked.
     for name, default in UsageRecord._field_defaults.items():
         assert getattr(FULL, name) != default, name
-    for f in dataclasses.fields(TokenUsage):
+    for f in msgspec.structs.fields(TokenUsage):
         assert getattr(FULL_USAGE, f.name) != f.default, f.name
 
 

@@ -11,9 +11,10 @@ The model listing (``list_models``) is ``GET /openai/models?api-version=…``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
+
+from msgspec import structs
 
 from omnirelay.domain import CompletionResult, Deployment, FinishReason, Message
 from omnirelay.errors import ContentFilteredError
@@ -51,9 +52,10 @@ def parse_response(
     if not cut:
         return result
     choices = tuple(
-        replace(c, finish_reason=FinishReason.CONTENT_FILTER) if c.index in cut else c for c in result.choices
+        structs.replace(c, finish_reason=FinishReason.CONTENT_FILTER) if c.index in cut else c
+        for c in result.choices
     )
-    return replace(result, choices=choices)
+    return structs.replace(result, choices=choices)
 
 
 # --- stream parsing -----------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ import sys
 from array import array
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from msgspec import structs
 
 from omnirelay.config.schema import HttpProviderSettings
 from omnirelay.domain import (
@@ -603,7 +604,7 @@ class OpenAIProvider(HttpAdapter):
         )
         data = self._json(response)
         result = self._parse(data, call.request.messages)
-        return replace(result, upstream_request_id=upstream.request_id(response.headers))
+        return structs.replace(result, upstream_request_id=upstream.request_id(response.headers))
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[StreamChunk, None]:
         body = build_body(call, stream=True, flavor=self._flavor)

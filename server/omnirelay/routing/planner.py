@@ -10,8 +10,11 @@ otherwise.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
+
+import msgspec
+from msgspec import structs
 
 from omnirelay.domain import (
     CompletionRequest,
@@ -29,8 +32,7 @@ from omnirelay.routing.strategies import Strategy, arrange
 from omnirelay.routing.targets import Target
 
 
-@dataclass(frozen=True, slots=True)
-class Candidate:
+class Candidate(msgspec.Struct, frozen=True):
     entry: ModelEntry
     target: Target
     call: ProviderCall
@@ -222,7 +224,7 @@ def supported(
             ]
         )
     cleared: dict[str, Any] = {name: () if name == "stop" else None for name in bad}
-    return replace(sampling, **cleared), bad
+    return structs.replace(sampling, **cleared), bad
 
 
 def _asks_for(sampling: Sampling, name: str) -> bool:

@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable
-from dataclasses import replace
 from typing import TypeVar
+
+from msgspec import structs
 
 from omnirelay.config.routing import RoutingSettings
 from omnirelay.domain import (
@@ -183,7 +184,7 @@ class Router:
                 billed = with_cost(result.usage, target.price)
                 usage = tally.served(route, billed)
                 if usage is not result.usage:
-                    result = replace(result, usage=usage)
+                    result = structs.replace(result, usage=usage)
                 if span is not None:
                     finishes = tuple(c.finish_reason.value for c in result.choices)
                     span.succeeded(
@@ -438,8 +439,10 @@ class _Delivered:
         self.prefix_tokens = tokenizer.count_text(text)
         if sampling.max_tokens is not None:
             # The delivered text already used part of the caller's output budget.
-            sampling = replace(sampling, max_tokens=max(1, sampling.max_tokens - self.prefix_tokens))
-        return ProviderCall(replace(request, messages=(*request.messages, prefix)), sampling, call.deployment)
+            sampling = structs.replace(sampling, max_tokens=max(1, sampling.max_tokens - self.prefix_tokens))
+        return ProviderCall(
+            structs.replace(request, messages=(*request.messages, prefix)), sampling, call.deployment
+        )
 
 
 def _interrupted(
