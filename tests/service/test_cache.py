@@ -1190,3 +1190,29 @@ async def test_requests_seen_before_keep_their_key_and_the_memory_of_them_is_bou
     assert (await gw.complete(big)).outcome == MISS
     assert (await gw.complete(big)).outcome == HIT
     assert big.SerializeToString() not in layer._known
+
+
+async def test_a_remembered_uncacheable_request_is_bypassed_every_time(
+    start_server: StartServer, settings: Settings, sim: RunningSim
+) -> None:
+    # Sampled requests (the common kind) are remembered as "not for the cache" by their bytes:
+    # each repeat must still go upstream, be counted and report BYPASS, unary and streamed.
+    gw = await gateway(start_server, settings, sim)
+    layer = gw.app.cache
+    assert layer is not None
+    sampled = ask("a sampled question", temperature=0.7)
+    for _ in range(3):
+        answer = await gw.complete(sampled)
+        assert answer.outcome == BYPASS
+        assert answer.response.route.request_id
+    assert sampled.SerializeToString() in layer._known
+    for _ in range(2):
+        assert (await gw.stream(sampled)).outcome == BYPASS
+    assert gw.upstream == 5
+    stats = await gw.stats()
+    assert (stats.bypassed, stats.hits, stats.misses, stats.stored) == (5, 0, 0, 0)
+    # Remembering the bypass does not touch a cacheable request that differs from it.
+    deterministic = ask("a sampled question")
+    assert (await gw.complete(deterministic)).outcome == MISS
+    assert (await gw.complete(deterministic)).outcome == HIT
+    assert gw.upstream == 6

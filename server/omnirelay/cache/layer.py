@@ -29,7 +29,7 @@ from grpc import aio
 from omnirelay.cache.entry import CachedAnswer, from_events, from_response, tokens
 from omnirelay.cache.flights import Flight, Flights
 from omnirelay.cache.keys import cache_key
-from omnirelay.cache.policy import Decision, decide
+from omnirelay.cache.policy import SKIP, Decision, decide
 from omnirelay.cache.stores import CacheStore, MemoryStore
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings
 from omnirelay.domain import GatewayEvent
@@ -145,16 +145,11 @@ class CacheLayer:
 
     # --- what both kinds of call do first -----------------------------------------------------
 
-    async def _begin(self, request: completion_pb2.CompleteRequest, field_prefix: str) -> _Begun | None:
-        """Policy, validation, key and lookup. None: the cache does not apply (run the handler).
+    async def _begin(self, keyed: tuple[Decision, str, str], started: float) -> _Begun:
+        """The lookup, for a call the cache applies to (``_keyed``'s answer).
 
-        Raises for invalid options (a stored answer must not excuse them) and for a miss under
-        ONLY_IF_CACHED.
+        Raises NOT_FOUND for a miss under ONLY_IF_CACHED.
         """
-        started = time.perf_counter()
-        keyed = self._keyed(request, field_prefix)
-        if keyed is None:
-            return None
         decision, model, key = keyed
         answer = None
         if decision.lookup:
@@ -173,13 +168,18 @@ class CacheLayer:
     ) -> tuple[Decision, str, str] | None:
         """The call's decision, canonical model and key; None when the cache does not apply.
 
-        A request seen before (the same bytes) gets what it got then, all pure functions of its
-        bytes; the rest are decided, validated and keyed, and remembered when small.
+        Raises for invalid options (a stored answer must not excuse them). A request seen before
+        (the same bytes) gets what it got then, all pure functions of its bytes: a bypass too, so
+        an uncacheable request (the common kind) pays a lookup, not the policy. The rest are
+        decided, validated and keyed, and remembered when small.
         """
         # Sized first (cheap: string lengths are known) so a long prompt is not serialized twice.
         raw = request.SerializeToString() if request.ByteSize() <= _KNOWN_MAX_BYTES else b""
         known = self._known.get(raw) if raw else None
         if known is not None:
+            if known[0] is SKIP:
+                self._bypass()
+                return None
             return known
         decided = self._decide(request)
         if decided is None:
@@ -188,19 +188,28 @@ class CacheLayer:
         if not decision.lookup and not decision.store:
             if decision.only_cached:
                 raise _not_cached(model)
-            self.counters.bypassed += 1
-            render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
-            tallies.current().cache = "bypass"
+            if raw:
+                self._remember(raw, (SKIP, model, ""))
+            self._bypass()
             return None
         bad = convert.option_violations(request)
         if bad:
             raise InvalidArgumentError([FieldViolation(field_prefix + v.field, v.description) for v in bad])
         keyed = (decision, model, cache_key(request, model, request.attribution.project))
         if raw:
-            if len(self._known) >= _KNOWN_ENTRIES:
-                self._known.clear()
-            self._known[raw] = keyed
+            self._remember(raw, keyed)
         return keyed
+
+    def _remember(self, raw: bytes, keyed: tuple[Decision, str, str]) -> None:
+        if len(self._known) >= _KNOWN_ENTRIES:
+            self._known.clear()
+        self._known[raw] = keyed
+
+    def _bypass(self) -> None:
+        """The cache does not apply: the call goes upstream, and its route facts and record say so."""
+        self.counters.bypassed += 1
+        render.cache_outcome.set(types_pb2.CACHE_OUTCOME_BYPASS)
+        tallies.current().cache = "bypass"
 
     # --- unary ------------------------------------------------------------------------------
 
@@ -210,10 +219,13 @@ class CacheLayer:
         context: Context,
         inner: Callable[[completion_pb2.CompleteRequest, Context], Awaitable[Any]],
     ) -> completion_pb2.CompleteResponse:
-        begun = await self._begin(request, "")
-        if begun is None:
+        started = time.perf_counter()
+        # Synchronous: a call the cache does not apply to awaits its handler and nothing else.
+        keyed = self._keyed(request, "")
+        if keyed is None:
             response: completion_pb2.CompleteResponse = await inner(request, context)
             return response
+        begun = await self._begin(keyed, started)
         decision, key, rid = begun.decision, begun.key, begun.rid
         if begun.answer is not None:
             _served_hit(begun.answer, rid, context)
@@ -282,10 +294,12 @@ class CacheLayer:
         inner: Callable[[stream_pb2.StreamCompleteRequest, Context], Awaitable[None]],
     ) -> None:
         body = request.request
-        begun = await self._begin(body, "request.")
-        if begun is None:
+        started = time.perf_counter()
+        keyed = self._keyed(body, "request.")
+        if keyed is None:
             await inner(request, context)
             return
+        begun = await self._begin(keyed, started)
         decision, key, rid = begun.decision, begun.key, begun.rid
         if begun.answer is not None:
             await _replay(begun.answer, body.model, rid, begun.started, context)

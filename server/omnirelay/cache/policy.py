@@ -28,7 +28,7 @@ class Decision:
     outcome: int  # the CacheOutcome reported when the call goes upstream
 
 
-_SKIP = Decision(False, False, False, 0.0, types_pb2.CACHE_OUTCOME_BYPASS)
+SKIP = Decision(False, False, False, 0.0, types_pb2.CACHE_OUTCOME_BYPASS)
 
 
 def deterministic(request: completion_pb2.CompleteRequest) -> bool:
@@ -46,10 +46,10 @@ def decide(
     if mode == _MODES.MODE_BYPASS or not model.enabled:
         if mode == _MODES.MODE_ONLY_IF_CACHED:
             return Decision(False, False, True, 0.0, types_pb2.CACHE_OUTCOME_BYPASS)
-        return _SKIP
+        return SKIP
     explicit = mode != _MODES.MODE_UNSPECIFIED
     if not explicit and not model.nondeterministic and not deterministic(request):
-        return _SKIP
+        return SKIP
     ttl = model.ttl_seconds if model.ttl_seconds is not None else settings.default_ttl_seconds
     if options.HasField("ttl"):
         asked = options.ttl.seconds + options.ttl.nanos / 1e9
