@@ -56,8 +56,7 @@ class Gateway:
             await work
             return
         try:
-            async with self.reaper.bound(own):
-                await work
+            await self.reaper.run(own, work)
         except TimeoutError:
             raise DeadlineExceededError(
                 f"the stream passed the default deadline of model {model!r} (the caller set none); "

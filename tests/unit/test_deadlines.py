@@ -51,23 +51,38 @@ async def test_an_earlier_deadline_watched_later_still_fires_on_time() -> None:
     reaper.close()
 
 
-async def test_bound_turns_the_reapers_cancel_into_a_timeout_and_leaves_other_cancels_alone() -> None:
+async def test_run_turns_the_reapers_cancel_into_a_timeout_and_leaves_other_cancels_alone() -> None:
     reaper = DeadlineReaper(resolution=0.01)
     loop = asyncio.get_running_loop()
     with pytest.raises(TimeoutError):
-        async with reaper.bound(loop.time() + 0.05):
-            await asyncio.sleep(5)
+        await reaper.run(loop.time() + 0.05, asyncio.sleep(5))
     current = asyncio.current_task()
     assert current is not None
     assert current.cancelling() == 0
 
-    async def caller_leaves() -> None:
-        async with reaper.bound(loop.time() + 600):
-            await asyncio.sleep(5)
-
-    task = asyncio.ensure_future(caller_leaves())
+    task = asyncio.ensure_future(reaper.run(loop.time() + 600, asyncio.sleep(5)))
     await asyncio.sleep(0.02)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    assert not reaper._watched
+    reaper.close()
+
+
+async def test_run_returns_the_result_and_lets_errors_through_unwatched() -> None:
+    reaper = DeadlineReaper(resolution=0.01)
+    loop = asyncio.get_running_loop()
+
+    async def answer() -> int:
+        await asyncio.sleep(0)
+        return 42
+
+    async def fail() -> None:
+        raise ValueError("upstream broke")
+
+    assert await reaper.run(loop.time() + 600, answer()) == 42
+    with pytest.raises(ValueError, match="upstream broke"):
+        await reaper.run(loop.time() + 600, fail())
+    # Nothing stays watched: a finished call must never be cancelled later.
+    assert not reaper._watched
     reaper.close()

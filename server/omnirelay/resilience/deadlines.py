@@ -12,7 +12,10 @@ cancels the call itself.
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
+from collections.abc import Awaitable
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 
 class DeadlineReaper:
@@ -59,39 +62,30 @@ class DeadlineReaper:
         if self._watched:
             self._schedule(min(self._watched.values()))
 
-    def bound(self, when: float) -> Bound:
-        """``async with reaper.bound(when):`` raises TimeoutError once ``when`` passes (as timeout_at)."""
-        return Bound(self, when)
+    async def run(self, when: float, work: Awaitable[_T]) -> _T:
+        """``await work``, raising TimeoutError once ``when`` passes (as ``asyncio.timeout_at``).
+
+        One coroutine, not an async context manager: its enter and exit were two more coroutines
+        on every call that sets no deadline of its own.
+        """
+        task = asyncio.current_task()
+        assert task is not None
+        self.watch(task, when)
+        try:
+            result = await work
+        except asyncio.CancelledError as exc:
+            if self.unwatch(task):
+                # The cancel was the reaper's, not the caller's: it becomes a timeout.
+                task.uncancel()
+                raise TimeoutError from exc
+            raise
+        except BaseException:
+            self.unwatch(task)
+            raise
+        self.unwatch(task)
+        return result
 
     def close(self) -> None:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-
-
-class Bound:
-    """One call's default deadline, as an async context manager."""
-
-    __slots__ = ("_reaper", "_task", "_when")
-
-    def __init__(self, reaper: DeadlineReaper, when: float) -> None:
-        self._reaper = reaper
-        self._when = when
-        self._task: asyncio.Task[object] | None = None
-
-    async def __aenter__(self) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._task = task
-        self._reaper.watch(task, self._when)
-
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        task = self._task
-        assert task is not None
-        expired = self._reaper.unwatch(task)
-        if expired and kind is asyncio.CancelledError:
-            # The cancel was the reaper's, not the caller's: it becomes a timeout.
-            task.uncancel()
-            raise TimeoutError from exc

@@ -125,8 +125,7 @@ class Router:
         assert plan.primary.deadline_seconds is not None
         own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
         try:
-            async with self._reaper.bound(own):
-                return await self._complete(plan, trail, tally, started, own)
+            return await self._reaper.run(own, self._complete(plan, trail, tally, started, own))
         except TimeoutError:
             raise trail.deadline(plan) from None
 
