@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from omnirelay.domain import TokenUsage
+from omnirelay.usage import sqlite as sqlite_ledger
 from omnirelay.usage.ledger import (
     BudgetScope,
     BudgetSpec,
@@ -597,5 +598,35 @@ async def test_postgres_export_cut_off_by_a_killed_connection_raises_unavailable
                     pass
         await ledger.write([rec("after")])
         assert await ledger.count(UsageQuery()) == 1501
+    finally:
+        await ledger.close()
+
+
+async def test_a_big_sqlite_batch_lets_the_event_loop_run_between_small_chunks(tmp_path: Path) -> None:
+    # SQLite writes on the event loop's thread: a batch must not hold the loop for all its rows
+    # (calls waiting on it would see the whole batch as added latency).
+    ledger = SqliteLedger(str(tmp_path / "usage.db"))
+    await ledger.open()
+    turns = 0
+    writing = True
+
+    async def other_calls() -> None:
+        nonlocal turns
+        while writing:
+            turns += 1
+            await asyncio.sleep(0)
+
+    try:
+        rows = 10 * sqlite_ledger._WRITE_CHUNK
+        ticker = asyncio.ensure_future(other_calls())
+        await asyncio.sleep(0)
+        before = turns
+        await ledger.write([rec(f"chunk-{i}", 1000.0 + i) for i in range(rows)])
+        writing = False
+        await ticker
+        # One turn for the others at least between every two chunks.
+        assert turns - before >= rows // sqlite_ledger._WRITE_CHUNK - 1
+        assert sqlite_ledger._WRITE_CHUNK <= 32
+        assert await ledger.count(UsageQuery()) == rows
     finally:
         await ledger.close()
