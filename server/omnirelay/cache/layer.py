@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 from grpc import aio
 
@@ -71,17 +71,6 @@ class CacheCounters:
     backend_errors: int = 0
 
 
-class _Begun(NamedTuple):
-    """A call the cache applies to, after its lookup (a NamedTuple: made on every hit, and a
-    frozen dataclass of five fields takes 540 ns to construct against 230 ns, by timeit)."""
-
-    decision: Decision
-    key: str
-    rid: str
-    started: float
-    answer: CachedAnswer | None
-
-
 class CacheLayer:
     def __init__(self, settings: CacheSettings, store: CacheStore, gateway: Gateway) -> None:
         self.settings = settings
@@ -105,14 +94,6 @@ class CacheLayer:
         # Partials rather than wrapper coroutines: one coroutine fewer per call.
         completion.Complete = functools.partial(self._complete, inner=inner_complete)
         stream.StreamComplete = functools.partial(self._stream, inner=inner_stream)
-
-    def _decide(self, request: completion_pb2.CompleteRequest) -> tuple[Decision, str] | None:
-        try:
-            entry = self._gateway.catalog.resolve(request.model)
-        except OmniRelayError:
-            return None  # the handler reports the bad name
-        policy = entry.settings.cache if entry.settings is not None else _NO_POLICY
-        return decide(request, policy, self.settings), entry.name
 
     async def aclose(self) -> None:
         """Release the store (at shutdown)."""
@@ -145,23 +126,22 @@ class CacheLayer:
 
     # --- what both kinds of call do first -----------------------------------------------------
 
-    async def _begin(self, keyed: tuple[Decision, str, str], started: float) -> _Begun:
-        """The lookup, for a call the cache applies to (``_keyed``'s answer).
+    async def _lookup(self, decision: Decision, model: str, key: str) -> CachedAnswer | None:
+        """The stored answer, for a call the cache applies to (``_keyed``'s answer).
 
         Raises NOT_FOUND for a miss under ONLY_IF_CACHED.
         """
-        decision, model, key = keyed
-        answer = None
-        if decision.lookup:
-            memory = self._memory
-            answer = memory.get_now(key) if memory is not None else await self._get(key)
-            if answer is not None:
-                self.counters.hits += 1
-            elif decision.only_cached:
-                self.counters.misses += 1
-                tallies.current().cache = "miss"
-                raise _not_cached(model)
-        return _Begun(decision, key, current_request_id(), started, answer)
+        if not decision.lookup:
+            return None
+        memory = self._memory
+        answer = memory.get_now(key) if memory is not None else await self._get(key)
+        if answer is not None:
+            self.counters.hits += 1
+        elif decision.only_cached:
+            self.counters.misses += 1
+            tallies.current().cache = "miss"
+            raise _not_cached(model)
+        return answer
 
     def _keyed(
         self, request: completion_pb2.CompleteRequest, field_prefix: str
@@ -175,35 +155,41 @@ class CacheLayer:
         """
         # Sized first (cheap: string lengths are known) so a long prompt is not serialized twice.
         raw = request.SerializeToString() if request.ByteSize() <= _KNOWN_MAX_BYTES else b""
-        known = self._known.get(raw) if raw else None
-        if known is not None:
-            if known[0] is SKIP:
-                self._bypass()
+        keyed = self._known.get(raw) if raw else None
+        if keyed is None:
+            keyed = self._decided(request, field_prefix)
+            if keyed is None:
                 return None
-            return known
-        decided = self._decide(request)
-        if decided is None:
+            if raw:
+                if len(self._known) >= _KNOWN_ENTRIES:
+                    self._known.clear()
+                self._known[raw] = keyed
+        if keyed[0] is SKIP:
+            self._bypass()
             return None
-        decision, model = decided
+        return keyed
+
+    def _decided(
+        self, request: completion_pb2.CompleteRequest, field_prefix: str
+    ) -> tuple[Decision, str, str] | None:
+        """Policy, validation and key (SKIP and no key when the cache does not apply); None for a
+        model the catalog does not know (the handler reports it)."""
+        try:
+            entry = self._gateway.catalog.resolve(request.model)
+        except OmniRelayError:
+            return None
+        model = entry.name
+        decision = decide(
+            request, entry.settings.cache if entry.settings is not None else _NO_POLICY, self.settings
+        )
         if not decision.lookup and not decision.store:
             if decision.only_cached:
                 raise _not_cached(model)
-            if raw:
-                self._remember(raw, (SKIP, model, ""))
-            self._bypass()
-            return None
+            return SKIP, model, ""
         bad = convert.option_violations(request)
         if bad:
             raise InvalidArgumentError([FieldViolation(field_prefix + v.field, v.description) for v in bad])
-        keyed = (decision, model, cache_key(request, model, request.attribution.project))
-        if raw:
-            self._remember(raw, keyed)
-        return keyed
-
-    def _remember(self, raw: bytes, keyed: tuple[Decision, str, str]) -> None:
-        if len(self._known) >= _KNOWN_ENTRIES:
-            self._known.clear()
-        self._known[raw] = keyed
+        return decision, model, cache_key(request, model, request.attribution.project)
 
     def _bypass(self) -> None:
         """The cache does not apply: the call goes upstream, and its route facts and record say so."""
@@ -225,11 +211,12 @@ class CacheLayer:
         if keyed is None:
             response: completion_pb2.CompleteResponse = await inner(request, context)
             return response
-        begun = await self._begin(keyed, started)
-        decision, key, rid = begun.decision, begun.key, begun.rid
-        if begun.answer is not None:
-            _served_hit(begun.answer, rid, context)
-            return _hit_response(begun.answer, request.model, rid, begun.started)
+        decision, model, key = keyed
+        answer = await self._lookup(decision, model, key)
+        rid = current_request_id()
+        if answer is not None:
+            _served_hit(answer, rid, context)
+            return _hit_response(answer, request.model, rid, started)
         if decision.lookup:
             flight = self._unary.get(key)
             if flight is not None:
@@ -299,10 +286,11 @@ class CacheLayer:
         if keyed is None:
             await inner(request, context)
             return
-        begun = await self._begin(keyed, started)
-        decision, key, rid = begun.decision, begun.key, begun.rid
-        if begun.answer is not None:
-            await _replay(begun.answer, body.model, rid, begun.started, context)
+        decision, model, key = keyed
+        answer = await self._lookup(decision, model, key)
+        rid = current_request_id()
+        if answer is not None:
+            await _replay(answer, body.model, rid, started, context)
             return
         if decision.lookup:
             flight = self._streams.get(key) if self.settings.coalesce else None
@@ -399,12 +387,11 @@ async def _replay(answer: CachedAnswer, requested: str, rid: str, started: float
     first.model = answer.model
     first.provider = answer.provider
     first.deployment = answer.deployment
-    done = stream_pb2.StreamCompleteResponse()
-    _hit_route(done.done.route, answer, requested, rid, started)
     _served_hit(answer, rid, context)
     await write(started_event)
     for event in answer.events:
         await write(event)
+    done = stream_pb2.StreamCompleteResponse()
     _hit_route(done.done.route, answer, requested, rid, started)
     await write(done)
 
