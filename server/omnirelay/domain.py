@@ -209,17 +209,7 @@ class TokenUsage(msgspec.Struct, frozen=True):
 
     def costing(self, micros: int) -> TokenUsage:
         """These tokens at ``micros`` (itself when that is their cost already: no new object)."""
-        if micros == self.cost_micros:
-            return self
-        return TokenUsage(
-            self.input_tokens,
-            self.output_tokens,
-            self.cached_input_tokens,
-            self.reasoning_tokens,
-            self.estimated,
-            self.cache_write_input_tokens,
-            micros,
-        )
+        return self if micros == self.cost_micros else msgspec.structs.replace(self, cost_micros=micros)
 
 
 class TokenLogprob(msgspec.Struct, frozen=True):

@@ -120,6 +120,11 @@ class JsonFormatter(LineFormatter):
         self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, "{}.{:03d}Z")
 
     def line(self, p: Line) -> str:
+        return self._redact(self.unmasked(p))
+
+    def unmasked(self, p: Line) -> str:
+        """``line`` without the mask's pass over it, for a line whose strings are known ``clean``
+        (``RequestLog``'s common line)."""
         entry: dict[str, Any] = {
             "ts": self._time(p.created),
             "level": p.level,
@@ -132,13 +137,6 @@ class JsonFormatter(LineFormatter):
             entry.update(p.fields)
         if p.extra:
             entry["exc"] = p.extra
-        return self._redact(_encode(entry))
-
-    def with_fields(self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any]) -> str:
-        """``line`` for a request line whose strings are known ``clean`` (``RequestLog``'s common
-        line): the mask is not run again over the whole line. ``fields`` starts with request_id."""
-        entry: dict[str, Any] = {"ts": self._time(created), "level": level, "logger": logger, "msg": msg}
-        entry.update(fields)
         return _encode(entry)
 
 
@@ -278,7 +276,11 @@ class RequestLog:
                     return
             elif isinstance(formatter, JsonFormatter):
                 fields = self._fields(record, prompt, completion)
-                sink.write(formatter.with_fields(ended, "INFO", ACCESS_LOGGER, "request", fields))
+                sink.write(
+                    formatter.unmasked(
+                        Line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)
+                    )
+                )
                 return
         fields = self._fields(record, prompt, completion)
         sink.write(formatter.line(Line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)))
