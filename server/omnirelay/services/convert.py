@@ -146,7 +146,8 @@ def _attribution(a: types_pb2.Attribution) -> d.Attribution:
 def messages_from(items: Any, bad: list[FieldViolation], *, required: bool = True) -> tuple[d.Message, ...]:
     if required and not items:
         bad.append(FieldViolation("messages", "must contain at least one message"))
-    return tuple(_message(m, i, bad) for i, m in enumerate(items))
+    # By index: iterating a protobuf repeated field ends on a raised and caught IndexError.
+    return tuple([_message(items[i], i, bad) for i in range(len(items))])
 
 
 def _message(m: types_pb2.Message, i: int, bad: list[FieldViolation]) -> d.Message:
@@ -160,7 +161,9 @@ def _message(m: types_pb2.Message, i: int, bad: list[FieldViolation]) -> d.Messa
         )
         role = d.Role.USER
     parts: list[d.ContentPart] = []
-    for j, part in enumerate(m.content):
+    content = m.content
+    for j in range(len(content)):
+        part = content[j]
         kind = part.WhichOneof("part")
         if kind == "text":
             parts.append(d.TextPart(part.text))
