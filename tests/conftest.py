@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -12,6 +12,7 @@ from grpc import aio
 
 from omnirelay.app import App, build_app
 from omnirelay.config import LocalProviderSettings, Settings, load_settings
+from tests.logging_state import LoggingState
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -119,3 +120,11 @@ def postgres_dsn() -> str:
             pytest.fail(reason)
         pytest.skip(reason)
     return "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture
+def logging_state() -> Iterator[LoggingState]:
+    """Everything ``logs.configure`` changes, put back as it was after the test."""
+    state = LoggingState()
+    yield state
+    state.restore()
