@@ -103,6 +103,9 @@ class App:
     tracing: Tracing | None = None
     metrics: GatewayMetrics | None = None
     admin: AdminServer | None = None
+    # The servicer as registered (edge, usage and cache wrappers in place), for in-process callers
+    # such as bench/inprocess.py.
+    completion: CompletionService | None = None
     _stopped: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
@@ -373,6 +376,7 @@ def build_app(
         tracing,
         metrics,
         admin,
+        completion,
     )
 
 

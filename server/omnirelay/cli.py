@@ -127,12 +127,10 @@ def _serve(args: argparse.Namespace) -> int:
         host = args.host if args.host is not None else settings.server.host
         port = args.port if args.port is not None else settings.server.port
         return workers.supervise(settings, host, port, args.workers)
-    return _run_on(
-        settings.server.event_loop, _run_server(settings, args.host, args.port, args.supervised_fd)
-    )
+    return run_on(settings.server.event_loop, _run_server(settings, args.host, args.port, args.supervised_fd))
 
 
-def _run_on(event_loop: str, main: Coroutine[Any, Any, int]) -> int:
+def run_on(event_loop: str, main: Coroutine[Any, Any, int]) -> int:
     """Run ``main`` on the configured event loop: uvloop unless settings ask for asyncio's own."""
     if event_loop == "uvloop":
         try:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import uvloop
 
-from omnirelay.cli import _run_on
+from omnirelay.cli import run_on
 from omnirelay.config import ConfigError, load_settings
 
 
@@ -19,13 +19,13 @@ async def _loop_kind() -> int:
 def test_serve_runs_on_uvloop_by_default() -> None:
     settings = load_settings("development")
     assert settings.server.event_loop == "uvloop"
-    assert _run_on(settings.server.event_loop, _loop_kind()) == 1
+    assert run_on(settings.server.event_loop, _loop_kind()) == 1
 
 
 def test_asyncio_is_chosen_by_setting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OMNIRELAY_SERVER__EVENT_LOOP", "asyncio")
     settings = load_settings("development")
-    assert _run_on(settings.server.event_loop, _loop_kind()) == 0
+    assert run_on(settings.server.event_loop, _loop_kind()) == 0
 
 
 def test_an_unknown_event_loop_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
