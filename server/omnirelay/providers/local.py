@@ -110,7 +110,7 @@ class LocalProvider:
         )
 
     async def stream(self, call: ProviderCall) -> AsyncGenerator[StreamChunk, None]:
-        choices = _plan(call, self._settings.default_output_tokens)
+        choices = _plan(call, self._settings.default_output_tokens, _prompt_key(call))
         self.active_streams += 1
         try:
             if self._ttft > 0:
@@ -326,11 +326,10 @@ def _memo_key(call: ProviderCall, prompt: str) -> str:
     return f"{prompt}\x1f{sampling.max_tokens}\x1f{sampling.n}"
 
 
-def _plan(call: ProviderCall, default_tokens: int, key: str | None = None) -> list[_ChoiceState]:
+def _plan(call: ProviderCall, default_tokens: int, key: str) -> list[_ChoiceState]:
+    """Each choice's text state, drawn from ``key`` (the call's ``_prompt_key``)."""
     sampling = call.sampling
     limit = sampling.max_tokens if sampling.max_tokens is not None else default_tokens
-    if key is None:
-        key = _prompt_key(call)
     choices = []
     for index in range(sampling.n or 1):
         digest = hashlib.blake2b(f"{key}\x1f{index}".encode(), digest_size=8).digest()
