@@ -265,8 +265,8 @@ class RequestLog:
             return
         # Stamped with when the call ended, not when its batch is told.
         ended = record.time + record.latency_seconds
-        given = _given(record)
-        if not self._content and formatter.clean(given):
+        given = "" if self._content else _given(record)
+        if given and formatter.clean(given):
             # Nothing in the line for the secret mask: the short forms, without its pass over the
             # whole line (the rest of the line is the gateway's own words and numbers).
             if isinstance(formatter, TextFormatter):
