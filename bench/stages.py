@@ -1,0 +1,192 @@
+"""Where a unary call's time goes in a real server: omnirelay cut at each stage, timed against echo.
+
+`bench.inprocess` counts omnirelay's own instructions with no gRPC core around them. In a real
+server the same work costs more time than a hot loop suggests: grpc.aio's poller and event-engine
+threads share the server's core and take it over several times a call, so omnirelay's code and data
+are evicted from the CPU's caches between its turns. This measures the real thing instead. Five
+servers, all pinned to one core (as `make bench` pins them), each doing a little more per call:
+
+    echo      bench.echo_server: prebuilt answers, the floor
+    edge      omnirelay, answers at the service with echo's response; usage, request lines, metrics
+              and the cache off (process, edge, trailers)
+    service   the same, plus converting the request and rendering a real completion
+    routed    omnirelay serving for real with the same parts off (plus router, plan, `local`)
+    full      omnirelay as `make bench` serves it (plus usage record, request line, metrics, cache)
+
+They are measured in turn, round after round, with the load generator on the other core; each stage
+is reported with its median calls/s and the microseconds a call costs over the stage before it
+(1e6 / rate, differenced). Run: python -m bench.stages [--rounds 3] [--duration 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bench.procs import ServerSpec, pin_to, start_server, stop_server
+
+REPO: Final = Path(__file__).resolve().parent.parent
+SERVE: Final = ("--host", "127.0.0.1", "--port", "0", "--profile", "development")
+PARTS_OFF: Final = (
+    ("OMNIRELAY_USAGE__ENABLED", "false"),
+    ("OMNIRELAY_LOGGING__REQUESTS", "false"),
+    ("OMNIRELAY_METRICS__ENABLED", "false"),
+    ("OMNIRELAY_CACHE__BACKEND", "off"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Stage:
+    name: str
+    adds: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def stages(python: str = sys.executable) -> tuple[Stage, ...]:
+    cut = (python, "-m", "bench.stage_server", "--stage")
+    serve = (python, "-m", "omnirelay", "serve", *SERVE)
+    return (
+        Stage(
+            "echo", "the floor: gRPC core, protobuf, asyncio", (python, "-m", "bench.echo_server", *SERVE[:4])
+        ),
+        Stage(
+            "edge",
+            "the process, edge and trailers",
+            (*cut, "edge", "--", *SERVE),
+            PARTS_OFF,
+        ),
+        Stage(
+            "service",
+            "request conversion, response rendering",
+            (*cut, "service", "--", *SERVE),
+            PARTS_OFF,
+        ),
+        Stage(
+            "routed",
+            "router, plan, attempt, `local` provider",
+            serve,
+            PARTS_OFF,
+        ),
+        Stage(
+            "full",
+            "usage record, request line, metrics, cache layer",
+            serve,
+        ),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    stage: Stage
+    rates: tuple[float, ...]  # calls/s, one per round
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.rates)
+
+
+def added_micros(rows: Sequence[Row]) -> list[float | None]:
+    """Each stage's microseconds per call over the stage before it (None for the first)."""
+    added: list[float | None] = [None]
+    for before, after in itertools.pairwise(rows):
+        added.append(1e6 / after.median - 1e6 / before.median)
+    return added
+
+
+def table(rows: Sequence[Row]) -> str:
+    floor = rows[0].median
+    lines = [
+        "| stage | adds | calls/s (median) | rounds | vs echo | added per call |",
+        "| --- | --- | ---: | --- | ---: | ---: |",
+    ]
+    for row, added in zip(rows, added_micros(rows), strict=True):
+        rounds = ", ".join(f"{r:,.0f}" for r in row.rates)
+        extra = "" if added is None else f"{added:+.0f} us"
+        lines.append(
+            f"| {row.stage.name} | {row.stage.adds} | {row.median:,.0f} | {rounds} | "
+            f"{row.median / floor:.2f} | {extra} |"
+        )
+    return "\n".join(lines)
+
+
+def _measure(
+    address: str, concurrency: int, duration: float, warmup: float, cpus: frozenset[int] | None
+) -> float:
+    argv = [
+        sys.executable,
+        *("-m", "bench.loadgen", "--target", address, "--mode", "unary"),
+        *("--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)),
+    ]
+    done = subprocess.run(
+        argv,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=duration + warmup + 120,
+        preexec_fn=pin_to(cpus),
+    )
+    if done.returncode != 0 or not done.stdout.strip():
+        raise RuntimeError(f"load generator failed against {address}: {done.stderr.strip()[-500:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if result["errors"]:
+        raise RuntimeError(f"{result['errors']} calls failed against {address}")
+    rate: float = result["calls_per_s"]
+    return rate
+
+
+def run(rounds: int, duration: float, warmup: float, concurrency: int, log_dir: Path) -> list[Row]:
+    cpus = sorted(os.sched_getaffinity(0))
+    # The servers on one core and the load generator on another, as `make bench` places them.
+    server_cpus = frozenset(cpus[:1]) if len(cpus) > 1 else None
+    loadgen_cpus = frozenset(cpus[1:2]) if len(cpus) > 1 else None
+    every = stages()
+    running = []
+    try:
+        for stage in every:
+            env = (
+                *stage.env,
+                ("OMNIRELAY_USAGE__SQLITE_PATH", str(log_dir / f"{stage.name}-usage.db")),
+                ("OMNIRELAY_USAGE__SPILL_PATH", str(log_dir / f"{stage.name}-spill.jsonl")),
+                ("OMNIRELAY_METRICS__PORT", "0"),
+            )
+            spec = ServerSpec(stage.name, stage.argv, env)
+            running.append(start_server(spec, log_dir / f"{stage.name}.log", server_cpus, 60.0, REPO))
+        rates: dict[str, list[float]] = {stage.name: [] for stage in every}
+        for _ in range(rounds):
+            for server in running:
+                rate = _measure(server.address, concurrency, duration, warmup, loadgen_cpus)
+                rates[server.spec.name].append(rate)
+    finally:
+        for server in running:
+            stop_server(server)
+    return [Row(stage, tuple(rates[stage.name])) for stage in every]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per server and round")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
+        parser.error("--rounds and --concurrency must be >= 1, --duration > 0, --warmup >= 0")
+    with tempfile.TemporaryDirectory(prefix="omnirelay-stages-") as tmp:
+        rows = run(args.rounds, args.duration, args.warmup, args.concurrency, Path(tmp))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""bench/stages.py and bench/stage_server.py: each stage serves real calls, and the table adds up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import grpc
+import pytest
+
+from bench.echo_server import build_unary_response
+from bench.procs import ServerSpec, start_server, stop_server
+from bench.stages import REPO, Row, added_micros, run, stages, table
+from bench.workload import unary_request
+from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
+
+
+def _rows(*medians: float) -> list[Row]:
+    return [Row(stage, (rate,)) for stage, rate in zip(stages(), medians, strict=False)]
+
+
+def test_each_stage_costs_the_difference_of_its_time_per_call() -> None:
+    rows = _rows(5000.0, 4000.0, 2500.0)
+    added = added_micros(rows)
+    assert added[0] is None
+    assert added[1] == pytest.approx(50.0)  # 250 us - 200 us
+    assert added[2] == pytest.approx(150.0)  # 400 us - 250 us
+
+
+def test_the_table_shows_rates_ratios_and_added_time() -> None:
+    rows = [Row(stages()[0], (6000.0, 6200.0, 5800.0)), Row(stages()[1], (3000.0, 3100.0, 2900.0))]
+    text = table(rows)
+    assert "| echo |" in text
+    assert "| 6,000 | 6,000, 6,200, 5,800 | 1.00 |" in text
+    assert "| edge |" in text
+    assert "| 3,000 |" in text
+    assert "| 0.50 | +167 us |" in text
+
+
+async def _call(address: str) -> tuple[completion_pb2.CompleteResponse, tuple[tuple[str, str], ...]]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        call = completion_pb2_grpc.CompletionServiceStub(channel).Complete(unary_request())
+        response = await call
+        trailers = tuple((k, v) for k, v in (await call.trailing_metadata() or ()) if isinstance(v, str))
+    return response, trailers
+
+
+@pytest.mark.parametrize("stage", ["edge", "service"])
+async def test_a_stage_server_answers_like_omnirelay(stage: str, tmp_path: Path) -> None:
+    spec = next(s for s in stages() if s.name == stage)
+    env = (
+        *spec.env,
+        ("OMNIRELAY_METRICS__PORT", "0"),
+        ("OMNIRELAY_USAGE__SQLITE_PATH", str(tmp_path / "u.db")),
+    )
+    server = start_server(ServerSpec(stage, spec.argv, env), tmp_path / "server.log", None, 60.0, REPO)
+    try:
+        first, trailers = await _call(server.address)
+        second, _ = await _call(server.address)
+    finally:
+        stop_server(server)
+    keys = {k for k, _ in trailers}
+    assert {"x-request-id", "x-omnirelay-model", "x-omnirelay-provider"} <= keys
+    if stage == "edge":
+        assert first == build_unary_response()
+    else:
+        # A real completion from the local provider, made on the first call and rendered again for the next.
+        assert first.usage.output_tokens == 16
+        assert first.choices[0].message.content[0].text
+        assert first.route.provider == "local"
+        assert first.route.attempts[0].deployment == "local/small"
+        assert second == first
+
+
+def test_every_stage_serves_load_without_errors(tmp_path: Path) -> None:
+    rows = run(rounds=1, duration=0.3, warmup=0.1, concurrency=4, log_dir=tmp_path)
+    assert [r.stage.name for r in rows] == ["echo", "edge", "service", "routed", "full"]
+    assert all(len(r.rates) == 1 and r.median > 0 for r in rows)
+    # Only the full server records usage: the stages before it have it switched off.
+    assert (tmp_path / "full-usage.db").exists()
