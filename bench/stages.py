@@ -1,9 +1,9 @@
 """Where a unary call's time goes in a real server: omnirelay cut at each stage, timed against echo.
 
 `bench.inprocess` counts omnirelay's own instructions with no gRPC core around them. In a real
-server the same work costs more time than a hot loop suggests: grpc.aio's poller and event-engine
-threads share the server's core and take it over several times a call, so omnirelay's code and data
-are evicted from the CPU's caches between its turns. This measures the real thing instead. Five
+server the same work costs several times what a hot loop suggests (grpc.aio's poller and
+event-engine threads share the server's core and take it over about six times a call, so the loop's
+work rarely runs on warm caches; the likeliest reason). This measures the real thing instead. Five
 servers, all pinned to one core (as `make bench` pins them), each doing a little more per call:
 
     echo      bench.echo_server: prebuilt answers, the floor
