@@ -9,6 +9,7 @@ import pytest
 
 from bench.echo_server import build_unary_response
 from bench.procs import ServerSpec, start_server, stop_server
+from bench.stage_server import install
 from bench.stages import REPO, Row, added_micros, run, stages, table
 from bench.workload import unary_request
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
@@ -34,6 +35,11 @@ def test_the_table_shows_rates_ratios_and_added_time() -> None:
     assert "| edge |" in text
     assert "| 3,000 |" in text
     assert "| 0.50 | +167 us |" in text
+
+
+def test_an_unknown_stage_is_refused_before_anything_is_replaced() -> None:
+    with pytest.raises(ValueError, match="expected one of edge, service"):
+        install("router")
 
 
 async def _call(address: str) -> tuple[completion_pb2.CompleteResponse, tuple[tuple[str, str], ...]]:
