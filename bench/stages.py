@@ -33,10 +33,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bench.procs import ServerSpec, pin_to, start_server, stop_server
+from bench.loadcore import LoadResult
+from bench.procs import RunningServer, ServerSpec, pin_to, start_server, stop_all
+from bench.run import ECHO_ARGV, OMNIRELAY_ARGV, REPO
+from bench.scenarios import usage_env
 
-REPO: Final = Path(__file__).resolve().parent.parent
-SERVE: Final = ("--host", "127.0.0.1", "--port", "0", "--profile", "development")
+# What `omnirelay serve` is given after its command, as `make bench` starts it.
+SERVE_ARGS: Final = OMNIRELAY_ARGV[2:]
 PARTS_OFF: Final = (
     ("OMNIRELAY_USAGE__ENABLED", "false"),
     ("OMNIRELAY_LOGGING__REQUESTS", "false"),
@@ -53,36 +56,19 @@ class Stage:
     env: tuple[tuple[str, str], ...] = ()
 
 
-def stages(python: str = sys.executable) -> tuple[Stage, ...]:
-    cut = (python, "-m", "bench.stage_server", "--stage")
-    serve = (python, "-m", "omnirelay", "serve", *SERVE)
+def stages() -> tuple[Stage, ...]:
+    cut = (sys.executable, "-m", "bench.stage_server", "--stage")
     return (
-        Stage(
-            "echo", "the floor: gRPC core, protobuf, asyncio", (python, "-m", "bench.echo_server", *SERVE[:4])
-        ),
-        Stage(
-            "edge",
-            "the process, edge and trailers",
-            (*cut, "edge", "--", *SERVE),
-            PARTS_OFF,
-        ),
+        Stage("echo", "the floor: gRPC core, protobuf, asyncio", ECHO_ARGV),
+        Stage("edge", "the process, edge and trailers", (*cut, "edge", "--", *SERVE_ARGS), PARTS_OFF),
         Stage(
             "service",
             "request conversion, response rendering",
-            (*cut, "service", "--", *SERVE),
+            (*cut, "service", "--", *SERVE_ARGS),
             PARTS_OFF,
         ),
-        Stage(
-            "routed",
-            "router, plan, attempt, `local` provider",
-            serve,
-            PARTS_OFF,
-        ),
-        Stage(
-            "full",
-            "usage record, request line, metrics, cache layer",
-            serve,
-        ),
+        Stage("routed", "router, plan, attempt, `local` provider", OMNIRELAY_ARGV, PARTS_OFF),
+        Stage("full", "usage record, request line, metrics, cache layer", OMNIRELAY_ARGV),
     )
 
 
@@ -136,13 +122,13 @@ def _measure(
         timeout=duration + warmup + 120,
         preexec_fn=pin_to(cpus),
     )
-    if done.returncode != 0 or not done.stdout.strip():
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
         raise RuntimeError(f"load generator failed against {address}: {done.stderr.strip()[-500:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if result["errors"]:
-        raise RuntimeError(f"{result['errors']} calls failed against {address}")
-    rate: float = result["calls_per_s"]
-    return rate
+    result = LoadResult(**json.loads(lines[-1]))
+    if result.errors:
+        raise RuntimeError(f"{result.errors} calls failed against {address}")
+    return result.calls_per_s
 
 
 def run(rounds: int, duration: float, warmup: float, concurrency: int, log_dir: Path) -> list[Row]:
@@ -151,26 +137,18 @@ def run(rounds: int, duration: float, warmup: float, concurrency: int, log_dir: 
     server_cpus = frozenset(cpus[:1]) if len(cpus) > 1 else None
     loadgen_cpus = frozenset(cpus[1:2]) if len(cpus) > 1 else None
     every = stages()
-    running = []
+    running: list[RunningServer] = []
     try:
         for stage in every:
-            env = (
-                *stage.env,
-                ("OMNIRELAY_USAGE__SQLITE_PATH", str(log_dir / f"{stage.name}-usage.db")),
-                ("OMNIRELAY_USAGE__SPILL_PATH", str(log_dir / f"{stage.name}-spill.jsonl")),
-                ("OMNIRELAY_METRICS__PORT", "0"),
-            )
-            spec = ServerSpec(stage.name, stage.argv, env)
+            spec = ServerSpec(stage.name, stage.argv, stage.env + usage_env(log_dir, stage.name))
             running.append(start_server(spec, log_dir / f"{stage.name}.log", server_cpus, 60.0, REPO))
-        rates: dict[str, list[float]] = {stage.name: [] for stage in every}
+        rates: list[list[float]] = [[] for _ in every]
         for _ in range(rounds):
-            for server in running:
-                rate = _measure(server.address, concurrency, duration, warmup, loadgen_cpus)
-                rates[server.spec.name].append(rate)
+            for server, found in zip(running, rates, strict=True):
+                found.append(_measure(server.address, concurrency, duration, warmup, loadgen_cpus))
     finally:
-        for server in running:
-            stop_server(server)
-    return [Row(stage, tuple(rates[stage.name])) for stage in every]
+        stop_all(running)
+    return [Row(stage, tuple(found)) for stage, found in zip(every, rates, strict=True)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

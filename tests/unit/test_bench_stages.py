@@ -9,8 +9,10 @@ import pytest
 
 from bench.echo_server import build_unary_response
 from bench.procs import ServerSpec, start_server, stop_server
+from bench.run import REPO
+from bench.scenarios import usage_env
 from bench.stage_server import install
-from bench.stages import REPO, Row, added_micros, run, stages, table
+from bench.stages import Row, added_micros, run, stages, table
 from bench.workload import unary_request
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
 
@@ -53,12 +55,13 @@ async def _call(address: str) -> tuple[completion_pb2.CompleteResponse, tuple[tu
 @pytest.mark.parametrize("stage", ["edge", "service"])
 async def test_a_stage_server_answers_like_omnirelay(stage: str, tmp_path: Path) -> None:
     spec = next(s for s in stages() if s.name == stage)
-    env = (
-        *spec.env,
-        ("OMNIRELAY_METRICS__PORT", "0"),
-        ("OMNIRELAY_USAGE__SQLITE_PATH", str(tmp_path / "u.db")),
+    server = start_server(
+        ServerSpec(stage, spec.argv, spec.env + usage_env(tmp_path, stage)),
+        tmp_path / "server.log",
+        None,
+        60.0,
+        REPO,
     )
-    server = start_server(ServerSpec(stage, spec.argv, env), tmp_path / "server.log", None, 60.0, REPO)
     try:
         first, trailers = await _call(server.address)
         second, _ = await _call(server.address)
