@@ -27,15 +27,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Final, cast
+from unittest import mock
 
 from grpc import aio
 
+from bench.scenarios import usage_env
 from bench.workload import cached_unary_request, unary_request
 from omnirelay.app import build_app
 from omnirelay.cli import run_on
 from omnirelay.config import Settings, load_settings, secret_values
 from omnirelay.telemetry import logs
+
+# Names the usage files in the data directory, as a bench server's name does.
+SERVER_NAME: Final = "inprocess"
 
 
 class _Context:
@@ -67,22 +72,10 @@ class Outcome:
 
 def settings_for(profile: str, data: Path) -> Settings:
     """The profile's settings as `serve` reads them, with the ledger and spill file in ``data`` and
-    the metrics listener on a free port (set in the environment only while they are read)."""
-    overrides = {
-        "OMNIRELAY_USAGE__SQLITE_PATH": str(data / "usage.db"),
-        "OMNIRELAY_USAGE__SPILL_PATH": str(data / "usage-spill.jsonl"),
-        "OMNIRELAY_METRICS__PORT": "0",
-    }
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
+    the metrics listener on a free port, as `make bench` gives them to its servers (set in the
+    environment only while they are read)."""
+    with mock.patch.dict(os.environ, dict(usage_env(data, SERVER_NAME))):
         return load_settings(profile)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                del os.environ[name]
-            else:
-                os.environ[name] = value
 
 
 async def run(settings: Settings, calls: int, cache_hit: bool, log: Path) -> Outcome:

@@ -26,7 +26,7 @@ async def test_every_call_is_answered_recorded_and_logged(
     assert outcome.seconds > 0
     # The usage layer, the recorder and the SQLite ledger ran: one record per call, written.
     assert outcome.recorded == CALLS
-    assert (tmp_path / "usage.db").exists()
+    assert (tmp_path / "inprocess-usage.db").exists()
     # The request line of each call went to the server's log, as `serve` writes it.
     lines = [line for line in log.read_text().splitlines() if "omnirelay.access request" in line]
     assert len(lines) == CALLS
@@ -48,8 +48,8 @@ def test_settings_point_the_ledger_at_the_run_s_own_directory_and_leave_the_envi
     monkeypatch.setenv("OMNIRELAY_USAGE__SQLITE_PATH", "/elsewhere/usage.db")
     monkeypatch.delenv("OMNIRELAY_USAGE__SPILL_PATH", raising=False)
     settings = settings_for("development", tmp_path)
-    assert settings.usage.sqlite_path == str(tmp_path / "usage.db")
-    assert settings.usage.spill_path == str(tmp_path / "usage-spill.jsonl")
+    assert settings.usage.sqlite_path == str(tmp_path / "inprocess-usage.db")
+    assert settings.usage.spill_path == str(tmp_path / "inprocess-usage-spill.jsonl")
     assert settings.metrics.port == 0
     assert os.environ["OMNIRELAY_USAGE__SQLITE_PATH"] == "/elsewhere/usage.db"
     assert "OMNIRELAY_USAGE__SPILL_PATH" not in os.environ
