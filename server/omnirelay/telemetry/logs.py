@@ -265,8 +265,9 @@ class RequestLog:
             return
         # Stamped with when the call ended, not when its batch is told.
         ended = record.time + record.latency_seconds
+        # With content on, the prompt and completion are in the line: the mask must pass over it.
         given = "" if self._content else _given(record)
-        if given and formatter.clean(given):
+        if not self._content and formatter.clean(given):
             # Nothing in the line for the secret mask: the short forms, without its pass over the
             # whole line (the rest of the line is the gateway's own words and numbers).
             if isinstance(formatter, TextFormatter):
