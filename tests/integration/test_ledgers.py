@@ -630,3 +630,78 @@ async def test_a_big_sqlite_batch_lets_the_event_loop_run_between_small_chunks(t
         assert await ledger.count(UsageQuery()) == rows
     finally:
         await ledger.close()
+
+
+async def test_sqlite_writes_go_on_while_a_checkpoint_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Under load a checkpoint took seconds (aiosqlite's thread gets little of a saturated core);
+    # a recorder waiting for it filled its queue and spilled thousands of records.
+    release = asyncio.Event()
+    finished = asyncio.Event()
+    started = 0
+    real = sqlite_ledger._checkpoint
+
+    async def held(db: aiosqlite.Connection) -> None:
+        nonlocal started
+        started += 1
+        await release.wait()
+        await real(db)
+        finished.set()
+
+    monkeypatch.setattr(sqlite_ledger, "_checkpoint", held)
+    path = tmp_path / "usage.db"
+    ledger = SqliteLedger(str(path))
+    every = sqlite_ledger._CHECKPOINT_EVERY
+    try:
+        for i in range(3 * every):
+            # Bounded, so a write that waits for the held checkpoint fails instead of hanging.
+            await asyncio.wait_for(ledger.write([rec(f"r{i}-{j}", 1000.0 + i) for j in range(50)]), 5)
+            await asyncio.sleep(0)  # the recorder's other work between batches
+        # Every batch was stored while the first checkpoint waited, and none started beside it.
+        assert started == 1
+        assert await ledger.count(UsageQuery()) == 3 * every * 50
+        in_file = path.stat().st_size
+        release.set()
+        await finished.wait()
+        # The checkpoint moved the WAL's pages into the database file.
+        assert path.stat().st_size > in_file
+        for i in range(every):
+            await ledger.write([rec(f"s{i}", 2000.0 + i)])
+            await asyncio.sleep(0)
+        assert started == 2
+    finally:
+        await ledger.close()
+
+
+async def test_sqlite_close_ends_a_checkpoint_in_progress(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered = asyncio.Event()
+    cancelled = False
+
+    async def stuck(db: aiosqlite.Connection) -> None:
+        nonlocal cancelled
+        entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled = True
+            raise
+
+    monkeypatch.setattr(sqlite_ledger, "_checkpoint", stuck)
+    path = tmp_path / "usage.db"
+    ledger = SqliteLedger(str(path))
+    every = sqlite_ledger._CHECKPOINT_EVERY
+    for i in range(every):
+        await ledger.write([rec(f"r{i}", 1000.0 + i)])
+    await asyncio.wait_for(entered.wait(), 5)
+    await asyncio.wait_for(ledger.close(), 5)
+    assert cancelled
+    with pytest.raises(LedgerUnavailableError, match="closed"):
+        await ledger.write([rec("late")])
+    reopened = SqliteLedger(str(path))
+    try:
+        assert await reopened.count(UsageQuery()) == every
+    finally:
+        await reopened.close()
