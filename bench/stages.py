@@ -106,13 +106,20 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def _measure(
-    address: str, concurrency: int, duration: float, warmup: float, cpus: frozenset[int] | None
+def measure(
+    address: str,
+    concurrency: int,
+    duration: float,
+    warmup: float,
+    cpus: frozenset[int] | None,
+    cache_hit: bool = False,
 ) -> float:
+    """Unary calls/s from one load generator run against ``address``, which must see no errors."""
     argv = [
         sys.executable,
         *("-m", "bench.loadgen", "--target", address, "--mode", "unary"),
         *("--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)),
+        *(("--cache-hit",) if cache_hit else ()),
     ]
     done = subprocess.run(
         argv,
@@ -145,7 +152,7 @@ def run(rounds: int, duration: float, warmup: float, concurrency: int, log_dir: 
         rates: list[list[float]] = [[] for _ in every]
         for _ in range(rounds):
             for server, found in zip(running, rates, strict=True):
-                found.append(_measure(server.address, concurrency, duration, warmup, loadgen_cpus))
+                found.append(measure(server.address, concurrency, duration, warmup, loadgen_cpus))
     finally:
         stop_all(running)
     return [Row(stage, tuple(found)) for stage, found in zip(every, rates, strict=True)]

@@ -1,0 +1,141 @@
+"""Is a change faster? omnirelay as of a git ref against the working tree, measured in alternation.
+
+`make bench` reports each server's median over a few rounds, and its rounds drift by 3-5% on this
+VM, so a change worth 2% is invisible there. This starts both versions side by side, pinned to one
+core as `make bench` pins them, measures them in turn with the load generator on the other core
+(the order flipping every round, so a drift favours neither), and reports the mean of the per-round
+ratios with its standard error. Both run with this checkout's virtualenv; the base is the `server`
+and `clients/python` trees of the ref, extracted and put first on PYTHONPATH.
+
+Run: python -m bench.ab [--base HEAD] [--rounds 12] [--duration 2] [--cache-hit]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from bench.procs import RunningServer, ServerSpec, start_server, stop_all
+from bench.run import OMNIRELAY_ARGV, REPO
+from bench.scenarios import usage_env
+from bench.stages import measure
+
+# What the base needs of the ref: the gateway and the generated client code it imports.
+TREES: Final = ("server", "clients/python")
+# A difference smaller than this many standard errors is reported as noise.
+NOISE_ERRORS: Final = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    base: tuple[float, ...]  # calls/s, one per round
+    change: tuple[float, ...]
+
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(c / b for b, c in zip(self.base, self.change, strict=True))
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.ratios)
+
+    @property
+    def stderr(self) -> float:
+        ratios = self.ratios
+        return statistics.stdev(ratios) / math.sqrt(len(ratios)) if len(ratios) > 1 else math.inf
+
+    def verdict(self) -> str:
+        if abs(self.mean - 1.0) <= NOISE_ERRORS * self.stderr:
+            return "within noise"
+        return "faster" if self.mean > 1.0 else "slower"
+
+
+def report(paired: Paired, base_ref: str) -> str:
+    lines = ["| server | calls/s (median) | rounds |", "| --- | ---: | --- |"]
+    for name, rates in ((f"base ({base_ref})", paired.base), ("change (working tree)", paired.change)):
+        rounds = ", ".join(f"{r:,.0f}" for r in rates)
+        lines.append(f"| {name} | {statistics.median(rates):,.0f} | {rounds} |")
+    lines.append("")
+    lines.append(
+        f"change / base: {paired.mean:.3f} ± {paired.stderr:.3f} (standard error of "
+        f"{len(paired.ratios)} paired rounds): {paired.verdict()}"
+    )
+    return "\n".join(lines)
+
+
+def materialize(ref: str, dest: Path) -> str:
+    """Extract the ref's trees under ``dest``; returns the PYTHONPATH that imports them first."""
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", ref, *TREES], cwd=REPO, capture_output=True, check=True
+    )
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(dest, filter="data")
+    return os.pathsep.join(str(dest / tree) for tree in TREES)
+
+
+def run(
+    base_ref: str,
+    rounds: int,
+    duration: float,
+    warmup: float,
+    concurrency: int,
+    cache_hit: bool,
+    work_dir: Path,
+) -> Paired:
+    pythonpath = materialize(base_ref, work_dir / "base-tree")
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpus = frozenset(cpus[:1]) if len(cpus) > 1 else None
+    loadgen_cpus = frozenset(cpus[1:2]) if len(cpus) > 1 else None
+    specs = (
+        ServerSpec("base", OMNIRELAY_ARGV, (("PYTHONPATH", pythonpath), *usage_env(work_dir, "base"))),
+        ServerSpec("change", OMNIRELAY_ARGV, usage_env(work_dir, "change")),
+    )
+    running: list[RunningServer] = []
+    found: tuple[list[float], list[float]] = ([], [])
+    try:
+        for spec in specs:
+            running.append(start_server(spec, work_dir / f"{spec.name}.log", server_cpus, 60.0, REPO))
+        for i in range(rounds):
+            order = (0, 1) if i % 2 == 0 else (1, 0)
+            for which in order:
+                rate = measure(running[which].address, concurrency, duration, warmup, loadgen_cpus, cache_hit)
+                found[which].append(rate)
+    finally:
+        stop_all(running)
+    return Paired(tuple(found[0]), tuple(found[1]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
+    parser.add_argument("--base", default="HEAD", help="the git ref to compare against (default HEAD)")
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per server and round")
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument(
+        "--cache-hit", action="store_true", help="deterministic requests, answered from cache"
+    )
+    args = parser.parse_args(argv)
+    if args.rounds < 2 or args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
+        parser.error("--rounds must be >= 2, --concurrency >= 1, --duration > 0, --warmup >= 0")
+    with tempfile.TemporaryDirectory(prefix="omnirelay-ab-") as tmp:
+        paired = run(
+            args.base, args.rounds, args.duration, args.warmup, args.concurrency, args.cache_hit, Path(tmp)
+        )
+    print(report(paired, args.base))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""bench/ab.py: the paired ratio and its noise, the base tree it extracts, and a short real run."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.ab import Paired, materialize, report, run
+from bench.run import REPO
+
+
+def test_the_ratio_is_the_mean_of_each_rounds_ratio() -> None:
+    paired = Paired(base=(1000.0, 2000.0), change=(1100.0, 1800.0))
+    assert paired.ratios == pytest.approx((1.1, 0.9))
+    assert paired.mean == pytest.approx(1.0)
+    # stdev of (1.1, 0.9) is 0.1414; over sqrt(2) rounds
+    assert paired.stderr == pytest.approx(0.1)
+
+
+def test_a_steady_gain_is_faster_a_steady_loss_slower_and_a_scatter_noise() -> None:
+    assert Paired((100.0, 100.0, 100.0), (105.0, 104.0, 106.0)).verdict() == "faster"
+    assert Paired((100.0, 100.0, 100.0), (95.0, 96.0, 94.0)).verdict() == "slower"
+    assert Paired((100.0, 100.0, 100.0), (110.0, 92.0, 101.0)).verdict() == "within noise"
+
+
+def test_one_round_has_no_error_estimate_and_is_never_a_verdict() -> None:
+    paired = Paired((100.0,), (150.0,))
+    assert math.isinf(paired.stderr)
+    assert paired.verdict() == "within noise"
+
+
+def test_the_report_names_both_versions_and_the_ratio() -> None:
+    # Ratios 1.100, 1.071, 1.049: mean 1.073, standard deviation 0.0257, over sqrt(3) rounds 0.015.
+    text = report(Paired((4000.0, 4200.0, 4100.0), (4400.0, 4500.0, 4300.0)), "main~3")
+    assert "| base (main~3) | 4,100 | 4,000, 4,200, 4,100 |" in text
+    assert "| change (working tree) | 4,400 | 4,400, 4,500, 4,300 |" in text
+    assert "change / base: 1.073 ± 0.015 (standard error of 3 paired rounds): faster" in text
+
+
+def test_the_base_is_the_refs_code_and_is_imported_first(tmp_path: Path) -> None:
+    pythonpath = materialize("HEAD", tmp_path)
+    committed = subprocess.run(
+        ["git", "show", "HEAD:server/omnirelay/app.py"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    assert (tmp_path / "server" / "omnirelay" / "app.py").read_text() == committed
+    assert (tmp_path / "clients" / "python" / "omnirelay_client" / "v1").is_dir()
+    imported = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import omnirelay, omnirelay_client; print(omnirelay.__file__); print(omnirelay_client.__file__)",
+        ],
+        cwd=tmp_path,
+        env={"PYTHONPATH": pythonpath, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert imported == [
+        str(tmp_path / "server" / "omnirelay" / "__init__.py"),
+        str(tmp_path / "clients" / "python" / "omnirelay_client" / "__init__.py"),
+    ]
+
+
+def test_an_unknown_ref_fails_before_any_server_starts(tmp_path: Path) -> None:
+    with pytest.raises(subprocess.CalledProcessError):
+        materialize("no-such-ref-anywhere", tmp_path)
+
+
+def test_both_versions_serve_load_in_alternating_rounds(tmp_path: Path) -> None:
+    paired = run(
+        "HEAD", rounds=2, duration=0.3, warmup=0.1, concurrency=4, cache_hit=False, work_dir=tmp_path
+    )
+    assert len(paired.base) == len(paired.change) == 2
+    assert all(rate > 0 for rate in (*paired.base, *paired.change))
+    # Each version kept its own usage records.
+    assert (tmp_path / "base-usage.db").exists()
+    assert (tmp_path / "change-usage.db").exists()
