@@ -663,7 +663,7 @@ async def test_sqlite_writes_go_on_while_a_checkpoint_runs(
         assert await ledger.count(UsageQuery()) == 3 * every * 50
         in_file = path.stat().st_size
         release.set()
-        await finished.wait()
+        await asyncio.wait_for(finished.wait(), 5)
         # The checkpoint moved the WAL's pages into the database file.
         assert path.stat().st_size > in_file
         for i in range(every):
