@@ -277,7 +277,7 @@ async def test_submit_under_the_block_policy_waits_for_room_off_the_callers_path
 ) -> None:
     recorder, _, spill = make(queue_size=2, full_policy="block", block_seconds=0.05)
     for i in range(3):
-        recorder.submit(record(i))  # returns at once: the third waits in a task of its own
+        recorder.submit(record(i))  # returns at once: the third waits off the caller's path
     assert recorder.counters.spilled == 0
     await asyncio.sleep(0.15)  # nobody frees room (no writer): after block_seconds it spills
     assert recorder.counters.spilled == 1
@@ -296,6 +296,55 @@ async def test_submit_under_the_block_policy_queues_once_the_writer_frees_room(m
     await recorder.close()
     assert recorder.counters.spilled == 0
     assert set(ledger.stored) == ids(3)
+
+
+async def test_records_waiting_for_room_spill_together_and_cost_no_task_each(
+    make: MakeRecorder,
+) -> None:
+    recorder, _, spill = make(queue_size=2, full_policy="block", block_seconds=0.05)
+    appends: list[int] = []
+    append = spill.append
+
+    def counted(records: Sequence[UsageRecord]) -> None:
+        appends.append(len(records))
+        append(records)
+
+    spill.append = counted  # type: ignore[method-assign]
+    tasks = len(asyncio.all_tasks())
+    for i in range(52):
+        recorder.submit(record(i))
+    assert len(asyncio.all_tasks()) == tasks
+    assert recorder.counters.queue_depth == 52  # 2 queued, 50 waiting for room
+    await until(lambda: recorder.counters.spilled == 50, "the waiting records to spill")
+    assert appends == [50]  # one write for all of them, after block_seconds
+    assert recorder.counters.queue_depth == 2
+    lines = spill.path.read_text().splitlines()
+    assert [UsageRecord.from_json(line).record_id for line in lines] == [f"r{i}" for i in range(2, 52)]
+
+
+async def test_records_waiting_for_room_are_queued_in_order_as_the_writer_frees_it(
+    make: MakeRecorder,
+) -> None:
+    ledger = FakeLedger(delay=0.02)
+    recorder, _, _ = make(
+        ledger, queue_size=2, batch_size=2, full_policy="block", block_seconds=1.0, flush_interval_seconds=1.0
+    )
+    recorder.start()
+    for i in range(8):
+        recorder.submit(record(i))
+    await until(lambda: len(ledger.stored) == 8, "every record to be written")
+    assert recorder.counters.spilled == 0
+    assert ledger.batches == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"], ["r6", "r7"]]
+
+
+async def test_records_waiting_for_room_spill_at_close_and_are_replayed(make: MakeRecorder) -> None:
+    recorder, ledger, spill = make(queue_size=1, full_policy="block", block_seconds=5.0)
+    for i in range(3):
+        recorder.submit(record(i))  # one queued, two waiting (no writer runs)
+    report = await recorder.close()
+    assert (report.written, report.replayed, report.lost) == (1, 2, 0)
+    assert set(ledger.stored) == ids(3)
+    assert not spill.path.exists()
 
 
 async def test_submit_wait_waits_for_the_writer_to_free_room(make: MakeRecorder) -> None:
@@ -487,10 +536,14 @@ async def test_losses_at_close_are_reported_and_not_logged_per_record(
     ledger = FakeLedger()
     ledger.up = False
     recorder, _, _ = make(
-        ledger, spill_path=tmp_path / "missing" / "spill.jsonl", queue_size=3, batch_size=10
+        ledger,
+        spill_path=tmp_path / "missing" / "spill.jsonl",
+        queue_size=3,
+        batch_size=10,
+        full_policy="spill",
     )
     for i in range(10):
-        recorder.submit(record(i))  # 7 overflow, each a failed spill
+        recorder.submit(record(i))  # 7 overflow, each a failed spill of its own
     report = await recorder.close()
     assert report.lost == 3  # the queued ones, at close
     assert recorder.counters.lost == 10

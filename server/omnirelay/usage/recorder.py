@@ -82,10 +82,11 @@ class RecorderCounters:
     lost: int = 0  # records that could not even be spilled
     ledger_up: bool = True
     queue: Sized = field(default=(), repr=False, compare=False)
+    overflow: Sized = field(default=(), repr=False, compare=False)
 
     @property
     def queue_depth(self) -> int:
-        return len(self.queue)
+        return len(self.queue) + len(self.overflow)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,13 +106,16 @@ class Recorder:
         self._spill_file = spill
         self._settings = settings
         self._queue: collections.deque[UsageRecord] = collections.deque()
-        self.counters = RecorderCounters(queue=self._queue)
+        # Records waiting for room under the block policy, oldest first, each with the loop time
+        # it is spilled at. One timer spills the overdue ones together.
+        self._overflow: collections.deque[tuple[float, UsageRecord]] = collections.deque()
+        self._overflow_timer: asyncio.TimerHandle | None = None
+        self.counters = RecorderCounters(queue=self._queue, overflow=self._overflow)
         self._wake = asyncio.Event()  # set when a batch is full, or to stop
         self._room = asyncio.Event()  # set when the writer takes from the queue
         self._inflight: list[UsageRecord] = []  # the queued batch being written, spilled if cancelled
         self._flush_waiters: list[asyncio.Future[None]] = []  # flush() calls the writer has yet to serve
         self._writer: asyncio.Task[None] | None = None
-        self._waiting: set[asyncio.Task[None]] = set()  # records waiting for room (block policy)
         self._closed = False  # submits go to the spill file
         self._stopping = False  # the writer drains and ends
         self._close_lock = asyncio.Lock()
@@ -150,15 +154,52 @@ class Recorder:
         """Queue ``record``; never blocks the caller.
 
         When the queue is full: under the "spill" policy (or once closed) the record is spilled at
-        once; under "block" it waits in a task of its own up to block_seconds for room, then spills.
+        once; under "block" it waits, after those already waiting, up to block_seconds for room,
+        then spills. Waiting costs a deque append: a slow ledger fills the queue at the gateway's
+        full rate, and a task and a spill-file write per record (as this was) made the overload worse.
         """
         self.counters.submitted += 1
-        if len(self._queue) >= self._settings.queue_size and self._blocks():
-            waiting = asyncio.get_running_loop().create_task(self._queue_when_room(record))
-            self._waiting.add(waiting)
-            waiting.add_done_callback(self._waiting.discard)
+        if (self._overflow or len(self._queue) >= self._settings.queue_size) and self._blocks():
+            loop = asyncio.get_running_loop()
+            self._overflow.append((loop.time() + self._settings.block_seconds, record))
+            if self._overflow_timer is None:
+                self._overflow_timer = loop.call_at(self._overflow[0][0], self._spill_overdue)
             return
         self._queue_or_spill(record)
+
+    def _admit_overflow(self) -> None:
+        """Move waiting records into the room the writer just made, oldest first."""
+        overflow, queue = self._overflow, self._queue
+        room = self._settings.queue_size - len(queue)
+        while overflow and room > 0:
+            queue.append(overflow.popleft()[1])
+            room -= 1
+        if not overflow and self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+            self._overflow_timer = None
+
+    def _spill_overdue(self) -> None:
+        """Spill, in one write, the records that waited block_seconds for room in vain."""
+        self._overflow_timer = None
+        overflow = self._overflow
+        now = asyncio.get_running_loop().time()
+        due = []
+        while overflow and overflow[0][0] <= now:
+            due.append(overflow.popleft()[1])
+        if due:
+            self._spill(due)
+        if overflow:
+            self._overflow_timer = asyncio.get_running_loop().call_at(overflow[0][0], self._spill_overdue)
+
+    def _spill_overflow(self) -> None:
+        """Spill every waiting record now (the recorder is closing)."""
+        if self._overflow_timer is not None:
+            self._overflow_timer.cancel()
+            self._overflow_timer = None
+        waiting = [record for _, record in self._overflow]
+        self._overflow.clear()
+        if waiting:
+            self._spill(waiting)
 
     async def submit_wait(self, record: UsageRecord) -> None:
         """Like ``submit``, but the caller itself waits (up to block_seconds) for room."""
@@ -279,6 +320,8 @@ class Recorder:
                 break
             due -= take
             batch = [queue.popleft() for _ in range(take)]
+            if self._overflow:
+                self._admit_overflow()
             self._room.set()
             await self._write_queued(batch)
 
@@ -404,8 +447,7 @@ class Recorder:
         self._feed()
         self._closed = True
         self._room.set()  # blocked submit_wait calls spill now
-        if self._waiting:
-            await asyncio.wait(set(self._waiting))
+        self._spill_overflow()
         counters = self.counters
         before = (counters.written, counters.spilled, counters.replayed, counters.lost)
         self._stopping = True
