@@ -301,7 +301,7 @@ async def test_submit_under_the_block_policy_queues_once_the_writer_frees_room(m
 async def test_records_waiting_for_room_spill_together_and_cost_no_task_each(
     make: MakeRecorder,
 ) -> None:
-    recorder, _, spill = make(queue_size=2, full_policy="block", block_seconds=0.05)
+    recorder, _, spill = make(queue_size=2, full_policy="block", block_seconds=0.3)
     appends: list[int] = []
     append = spill.append
 
