@@ -290,12 +290,14 @@ async def test_submit_under_the_block_policy_queues_once_the_writer_frees_room(m
         ledger, queue_size=2, batch_size=2, full_policy="block", block_seconds=1.0, flush_interval_seconds=1.0
     )
     recorder.start()
-    for i in range(3):
+    for i in range(6):
         recorder.submit(record(i))
-    await asyncio.sleep(0.2)  # the writer takes the full batch; the third record gets its place
+    # The writer takes each full batch; the records waiting for room get their places, oldest first.
+    await until(lambda: len(ledger.stored) == 6, "every record to be written")
     await recorder.close()
     assert recorder.counters.spilled == 0
-    assert set(ledger.stored) == ids(3)
+    assert set(ledger.stored) == ids(6)
+    assert ledger.batches == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"]]
 
 
 async def test_records_waiting_for_room_spill_together_and_cost_no_task_each(
@@ -320,21 +322,6 @@ async def test_records_waiting_for_room_spill_together_and_cost_no_task_each(
     assert recorder.counters.queue_depth == 2
     lines = spill.path.read_text().splitlines()
     assert [UsageRecord.from_json(line).record_id for line in lines] == [f"r{i}" for i in range(2, 52)]
-
-
-async def test_records_waiting_for_room_are_queued_in_order_as_the_writer_frees_it(
-    make: MakeRecorder,
-) -> None:
-    ledger = FakeLedger(delay=0.02)
-    recorder, _, _ = make(
-        ledger, queue_size=2, batch_size=2, full_policy="block", block_seconds=1.0, flush_interval_seconds=1.0
-    )
-    recorder.start()
-    for i in range(8):
-        recorder.submit(record(i))
-    await until(lambda: len(ledger.stored) == 8, "every record to be written")
-    assert recorder.counters.spilled == 0
-    assert ledger.batches == [["r0", "r1"], ["r2", "r3"], ["r4", "r5"], ["r6", "r7"]]
 
 
 async def test_records_waiting_for_room_spill_at_close_and_are_replayed(make: MakeRecorder) -> None:
