@@ -132,10 +132,10 @@ class SqliteLedger:
     def _start_checkpoint(self) -> None:
         """Now and then, start moving the WAL into the database file on aiosqlite's thread.
 
-        Not awaited. A checkpoint that takes 17 ms on an idle server took 0.2 to 3.6 s under
-        `make bench`'s cache-hit load, its thread getting little of a saturated core. Awaited
-        inside ``write``, it stalled the recorder that long: the queue filled and thousands of
-        records went to the spill file one at a time. WAL lets batches go on beside a checkpoint;
+        Not awaited. A checkpoint that takes 17 ms on an idle server took 0.2 to 3.6 s under 20 s
+        of the bench's cache-hit load (c=64), its thread getting little of a saturated core.
+        Awaited inside ``write``, it stalled the recorder that long: the queue filled and
+        thousands of records went to the spill file. WAL lets batches go on beside a checkpoint;
         one runs at a time.
         """
         self._since_checkpoint += 1
