@@ -7,7 +7,7 @@ core as `make bench` pins them, measures them in turn with the load generator on
 ratios with its standard error. Both run with this checkout's virtualenv; the base is the `server`
 and `clients/python` trees of the ref, extracted and put first on PYTHONPATH.
 
-Run: python -m bench.ab [--base HEAD] [--rounds 12] [--duration 2] [--cache-hit]
+Run: python -m bench.ab [--base HEAD] [--rounds 12] [--duration 2] [--cache-hit | --stream]
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ class Paired:
         return "faster" if self.mean > 1.0 else "slower"
 
 
-def report(paired: Paired, base_ref: str) -> str:
-    lines = ["| server | calls/s (median) | rounds |", "| --- | ---: | --- |"]
+def report(paired: Paired, base_ref: str, unit: str = "calls/s") -> str:
+    lines = [f"| server | {unit} (median) | rounds |", "| --- | ---: | --- |"]
     for name, rates in ((f"base ({base_ref})", paired.base), ("change (working tree)", paired.change)):
         rounds = ", ".join(f"{r:,.0f}" for r in rates)
         lines.append(f"| {name} | {statistics.median(rates):,.0f} | {rounds} |")
@@ -92,6 +92,7 @@ def run(
     concurrency: int,
     cache_hit: bool,
     work_dir: Path,
+    mode: str = "unary",
 ) -> Paired:
     pythonpath = materialize(base_ref, work_dir / "base-tree")
     cpus = sorted(os.sched_getaffinity(0))
@@ -109,7 +110,8 @@ def run(
         for i in range(rounds):
             order = (0, 1) if i % 2 == 0 else (1, 0)
             for which in order:
-                rate = measure(running[which].address, concurrency, duration, warmup, loadgen_cpus, cache_hit)
+                address = running[which].address
+                rate = measure(address, concurrency, duration, warmup, loadgen_cpus, cache_hit, mode)
                 found[which].append(rate)
     finally:
         stop_all(running)
@@ -123,17 +125,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per server and round")
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument(
-        "--cache-hit", action="store_true", help="deterministic requests, answered from cache"
-    )
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--cache-hit", action="store_true", help="deterministic requests, answered from cache")
+    kind.add_argument("--stream", action="store_true", help="streamed completions, measured in messages/s")
     args = parser.parse_args(argv)
     if args.rounds < 2 or args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
         parser.error("--rounds must be >= 2, --concurrency >= 1, --duration > 0, --warmup >= 0")
+    mode = "stream" if args.stream else "unary"
     with tempfile.TemporaryDirectory(prefix="omnirelay-ab-") as tmp:
         paired = run(
-            args.base, args.rounds, args.duration, args.warmup, args.concurrency, args.cache_hit, Path(tmp)
+            args.base,
+            args.rounds,
+            args.duration,
+            args.warmup,
+            args.concurrency,
+            args.cache_hit,
+            Path(tmp),
+            mode,
         )
-    print(report(paired, args.base))
+    print(report(paired, args.base, "messages/s" if args.stream else "calls/s"))
     return 0
 
 

@@ -113,11 +113,13 @@ def measure(
     warmup: float,
     cpus: frozenset[int] | None,
     cache_hit: bool = False,
+    mode: str = "unary",
 ) -> float:
-    """Unary calls/s from one load generator run against ``address``, which must see no errors."""
+    """Unary calls/s (streamed messages/s for mode "stream") from one load generator run against
+    ``address``, which must see no errors."""
     argv = [
         sys.executable,
-        *("-m", "bench.loadgen", "--target", address, "--mode", "unary"),
+        *("-m", "bench.loadgen", "--target", address, "--mode", mode),
         *("--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)),
         *(("--cache-hit",) if cache_hit else ()),
     ]
@@ -135,7 +137,7 @@ def measure(
     result = LoadResult(**json.loads(lines[-1]))
     if result.errors:
         raise RuntimeError(f"{result.errors} calls failed against {address}")
-    return result.calls_per_s
+    return result.messages_per_s if mode == "stream" else result.calls_per_s
 
 
 def run(rounds: int, duration: float, warmup: float, concurrency: int, log_dir: Path) -> list[Row]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.ab import Paired, materialize, report, run
+from bench.ab import Paired, main, materialize, report, run
 from bench.run import REPO
 
 
@@ -80,3 +80,29 @@ def test_both_versions_serve_load_in_alternating_rounds(tmp_path: Path) -> None:
     # Each version kept its own usage records.
     assert (tmp_path / "base-usage.db").exists()
     assert (tmp_path / "change-usage.db").exists()
+
+
+def test_a_stream_comparison_is_reported_in_messages() -> None:
+    text = report(Paired((30000.0, 31000.0), (33000.0, 34100.0)), "HEAD", "messages/s")
+    assert "| server | messages/s (median) | rounds |" in text
+    assert "| change (working tree) | 33,550 | 33,000, 34,100 |" in text
+
+
+def test_cache_hits_and_streams_are_one_or_the_other() -> None:
+    with pytest.raises(SystemExit):
+        main(["--cache-hit", "--stream"])
+
+
+def test_both_versions_relay_streams_in_alternating_rounds(tmp_path: Path) -> None:
+    paired = run(
+        "HEAD",
+        rounds=2,
+        duration=0.5,
+        warmup=0.1,
+        concurrency=4,
+        cache_hit=False,
+        work_dir=tmp_path,
+        mode="stream",
+    )
+    # Messages, not calls: a streamed call here is 200 chunks, far more than a call per round.
+    assert all(rate > 200 for rate in (*paired.base, *paired.change))
