@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from bench.procs import RunningServer, ServerSpec, start_server, stop_all
+from bench.procs import ServerSpec
 from bench.run import OMNIRELAY_ARGV, REPO
 from bench.scenarios import usage_env
-from bench.stages import measure
+from bench.stages import measure, serve_and_measure
 
 # What the base needs of the ref: the gateway and the generated client code it imports.
 TREES: Final = ("server", "clients/python")
@@ -95,27 +95,17 @@ def run(
     mode: str = "unary",
 ) -> Paired:
     pythonpath = materialize(base_ref, work_dir / "base-tree")
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpus = frozenset(cpus[:1]) if len(cpus) > 1 else None
-    loadgen_cpus = frozenset(cpus[1:2]) if len(cpus) > 1 else None
     specs = (
         ServerSpec("base", OMNIRELAY_ARGV, (("PYTHONPATH", pythonpath), *usage_env(work_dir, "base"))),
         ServerSpec("change", OMNIRELAY_ARGV, usage_env(work_dir, "change")),
     )
-    running: list[RunningServer] = []
-    found: tuple[list[float], list[float]] = ([], [])
-    try:
-        for spec in specs:
-            running.append(start_server(spec, work_dir / f"{spec.name}.log", server_cpus, 60.0, REPO))
-        for i in range(rounds):
-            order = (0, 1) if i % 2 == 0 else (1, 0)
-            for which in order:
-                address = running[which].address
-                rate = measure(address, concurrency, duration, warmup, loadgen_cpus, cache_hit, mode)
-                found[which].append(rate)
-    finally:
-        stop_all(running)
-    return Paired(tuple(found[0]), tuple(found[1]))
+    base, change = serve_and_measure(
+        specs,
+        rounds,
+        work_dir,
+        lambda address, cpus: measure(address, concurrency, duration, warmup, cpus, cache_hit, mode),
+    )
+    return Paired(tuple(base), tuple(change))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -220,7 +220,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _cpu_sets() -> tuple[frozenset[int], frozenset[int]] | None:
+def cpu_sets() -> tuple[frozenset[int], frozenset[int]] | None:
     """One CPU for the servers and another for the load generator, when there are two."""
     available = sorted(os.sched_getaffinity(0))
     if len(available) < 2:
@@ -617,7 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(
             "--streams, --sim-streams, --start-repeats, --warm-calls, --workers-channels must be >= 1"
         )
-    cpus = _cpu_sets()
+    cpus = cpu_sets()
     everywhere = frozenset(os.sched_getaffinity(0))
     config = _config(args, cpus, everywhere)
     signal.signal(signal.SIGTERM, _raise_exit)

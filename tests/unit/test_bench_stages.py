@@ -12,7 +12,7 @@ from bench.procs import ServerSpec, start_server, stop_server
 from bench.run import REPO
 from bench.scenarios import usage_env
 from bench.stage_server import install
-from bench.stages import Row, added_micros, run, stages, table
+from bench.stages import Row, added_micros, in_turns, run, stages, table
 from bench.workload import unary_request
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
 
@@ -86,3 +86,16 @@ def test_every_stage_serves_load_without_errors(tmp_path: Path) -> None:
     assert all(len(r.rates) == 1 and r.median > 0 for r in rows)
     # Only the full server records usage: the stages before it have it switched off.
     assert (tmp_path / "full-usage.db").exists()
+
+
+def test_servers_are_measured_in_turns_the_order_reversed_every_other_round() -> None:
+    asked: list[int] = []
+
+    def measure_one(which: int) -> float:
+        asked.append(which)
+        return 1000.0 + 10 * len(asked)
+
+    found = in_turns(3, 3, measure_one)
+    assert asked == [0, 1, 2, 2, 1, 0, 0, 1, 2]
+    # Each server's rates, in round order.
+    assert found == [[1010.0, 1060.0, 1070.0], [1020.0, 1050.0, 1080.0], [1030.0, 1040.0, 1090.0]]
