@@ -266,10 +266,9 @@ class RequestLog:
         # Stamped with when the call ended, not when its batch is told.
         ended = record.time + record.latency_seconds
         # With content on, the prompt and completion are in the line: the mask must pass over it.
-        given = "" if self._content else _given(record)
-        if not self._content and formatter.clean(given):
-            # Nothing in the line for the secret mask: the short forms, without its pass over the
-            # whole line (the rest of the line is the gateway's own words and numbers).
+        # Off, and with nothing the caller gave for the mask to find: the short forms, without its
+        # pass over the whole line (the rest of the line is the gateway's own words and numbers).
+        if not self._content and formatter.clean(given := _given(record)):
             if isinstance(formatter, TextFormatter):
                 pairs = _text_pairs(record, given)
                 if pairs is not None:

@@ -182,16 +182,17 @@ class Recorder:
         """Spill, in one write, the records that waited block_seconds for room in vain."""
         self._overflow_timer = None
         overflow = self._overflow
+        loop = asyncio.get_running_loop()
         # Those due within a tenth of block_seconds go too: a burst that overflowed together is
         # spilled in one write, not one per timer tick.
-        due_by = asyncio.get_running_loop().time() + self._settings.block_seconds * 0.1
+        due_by = loop.time() + self._settings.block_seconds * 0.1
         due = []
         while overflow and overflow[0][0] <= due_by:
             due.append(overflow.popleft()[1])
         if due:
             self._spill(due)
         if overflow:
-            self._overflow_timer = asyncio.get_running_loop().call_at(overflow[0][0], self._spill_overdue)
+            self._overflow_timer = loop.call_at(overflow[0][0], self._spill_overdue)
 
     def _spill_overflow(self) -> None:
         """Spill every waiting record now (the recorder is closing)."""
