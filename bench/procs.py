@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -11,7 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 # omnirelay ("omnirelay serving on H:P profile=..."), its simulator ("omnirelay sim serving on H:P")
 # and the echo server print such a line; anchored at a line start so that a log line mentioning
@@ -144,3 +145,28 @@ def stop_server(server: RunningServer, grace_s: float = 10.0) -> StopOutcome:
 
 def stop_all(servers: Sequence[RunningServer]) -> list[StopOutcome]:
     return [stop_server(server) for server in servers]
+
+
+class LoadToolError(RuntimeError):
+    """A load generator that ran over its time, exited with an error, or printed no result."""
+
+
+def run_load_tool(argv: Sequence[str], cwd: Path, cpus: frozenset[int] | None, timeout_s: float) -> Any:
+    """Run a load generator (pinned to ``cpus``) and return its last stdout line, parsed as JSON."""
+    try:
+        done = subprocess.run(
+            argv,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            preexec_fn=pin_to(cpus),
+        )
+    except subprocess.TimeoutExpired:
+        raise LoadToolError(f"load generator ran over {timeout_s:.0f} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
+        raise LoadToolError(f"load generator exited {done.returncode}: {tail}")
+    return json.loads(lines[-1])

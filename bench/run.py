@@ -22,7 +22,6 @@ Exits non-zero when a server did not start or died, or when any call failed; not
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import signal
@@ -43,7 +42,7 @@ from bench.loadcore import DRAIN_TIMEOUT_S, LoadResult
 from bench.machine import collect
 from bench.otlp_sink import SinkCount, read_count
 from bench.outcome import Outcome
-from bench.procs import RunningServer, pin_to, stop_all
+from bench.procs import LoadToolError, RunningServer, run_load_tool, stop_all
 from bench.quiet import Patience
 from bench.results import (
     BASELINE,
@@ -286,22 +285,9 @@ class _Runner:
         if problem := reset(target):
             return failed(problem)
         try:
-            done = subprocess.run(
-                argv,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                preexec_fn=pin_to(loadgen_cpus),
-            )
-        except subprocess.TimeoutExpired:
-            return failed(f"load generator ran over {timeout:.0f} s")
-        lines = done.stdout.strip().splitlines()
-        if done.returncode != 0 or not lines:
-            tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-            return failed(f"load generator exited {done.returncode}: {tail}")
-        result = LoadResult(**json.loads(lines[-1]))
+            result = LoadResult(**run_load_tool(argv, REPO, loadgen_cpus, timeout))
+        except LoadToolError as exc:
+            return failed(str(exc))
         return Measurement(scenario, target.name, mode, concurrency, repeat, result)
 
     def measure_settled(

@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Sequence
@@ -33,7 +31,7 @@ from pathlib import Path
 from typing import Final
 
 from bench.loadcore import LoadResult
-from bench.procs import RunningServer, ServerSpec, pin_to, start_server, stop_all
+from bench.procs import LoadToolError, RunningServer, ServerSpec, run_load_tool, start_server, stop_all
 from bench.run import ECHO_ARGV, OMNIRELAY_ARGV, REPO, cpu_sets
 from bench.scenarios import usage_env
 
@@ -122,18 +120,10 @@ def measure(
         *("--concurrency", str(concurrency), "--duration", str(duration), "--warmup", str(warmup)),
         *(("--cache-hit",) if cache_hit else ()),
     ]
-    done = subprocess.run(
-        argv,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=duration + warmup + 120,
-        preexec_fn=pin_to(cpus),
-    )
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        raise RuntimeError(f"load generator failed against {address}: {done.stderr.strip()[-500:]}")
-    result = LoadResult(**json.loads(lines[-1]))
+    try:
+        result = LoadResult(**run_load_tool(argv, REPO, cpus, duration + warmup + 120))
+    except LoadToolError as exc:
+        raise RuntimeError(f"{exc} (against {address})") from None
     if result.errors:
         raise RuntimeError(f"{result.errors} calls failed against {address}")
     return result.messages_per_s if mode == "stream" else result.calls_per_s

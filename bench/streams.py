@@ -19,8 +19,6 @@ scenarios; each case starts fresh servers, so that memory figures are the case's
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,7 +28,7 @@ from typing import Final
 from bench.holdload import HoldResult
 from bench.memory import megabytes
 from bench.outcome import HoldMeasurement, Outcome
-from bench.procs import RunningServer, ServerSpec, pin_to, stop_all
+from bench.procs import LoadToolError, RunningServer, ServerSpec, run_load_tool, stop_all
 from bench.results import RELAY, SUBJECT
 from bench.scenarios import OMNIRELAY_SERVER, RELAY_SERVER, SIM_SERVER, Launcher, sim_env
 from bench.workload import (
@@ -99,22 +97,9 @@ def _hold(
 
     timeout = config.timeout_s + LOADGEN_MARGIN_S
     try:
-        done = subprocess.run(
-            argv,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            preexec_fn=pin_to(config.loadgen_cpus),
-        )
-    except subprocess.TimeoutExpired:
-        return measured(None, f"load generator ran over {timeout:.0f} s")
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines:
-        tail = "\n".join(done.stderr.strip().splitlines()[-5:])
-        return measured(None, f"load generator exited {done.returncode}: {tail}")
-    return measured(HoldResult(**json.loads(lines[-1])))
+        return measured(HoldResult(**run_load_tool(argv, cwd, config.loadgen_cpus, timeout)))
+    except LoadToolError as exc:
+        return measured(None, str(exc))
 
 
 def _record(m: HoldMeasurement, out: Outcome) -> None:
