@@ -8,11 +8,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from omnirelay import grpc_io
 from omnirelay.config import ConfigError, Settings, load_raw, load_settings, masked, secret_values
 from omnirelay.config.schema import CAPABILITIES, build_settings
 from omnirelay.domain import Deployment
@@ -119,6 +121,12 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print(f"config error: --workers = {args.workers}: expected an integer of at least 1", file=sys.stderr)
         return EXIT_CONFIG
+    if not grpc_io.apply(settings.server.grpc_io, os.environ):
+        print(
+            f"omnirelay: gRPC was loaded before server.grpc_io = {settings.server.grpc_io!r} could apply; "
+            "serving with the I/O it loaded with",
+            file=sys.stderr,
+        )
     if args.workers > 1:
         from omnirelay import workers
         from omnirelay.telemetry import logs

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from omnirelay import grpc_io
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings, cache_settings, model_cache_settings
 from omnirelay.config.reader import MISSING, ConfigError, ConfigProblem, Section
 from omnirelay.config.routing import (
@@ -75,6 +76,9 @@ class ServerSettings:
     shutdown_grace_seconds: float
     # "uvloop" (libuv's event loop: less loop overhead on every call) or "asyncio" (the standard one).
     event_loop: str = "uvloop"
+    # "poller" (gRPC's socket work on the thread polling grpc.aio's queue: one thread hop fewer per
+    # call) or "event_engine" (grpcio's default); see omnirelay.grpc_io.
+    grpc_io: str = "poller"
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +224,7 @@ def _server(s: Section) -> ServerSettings:
         shutdown_drain_seconds=s.get_float("shutdown_drain_seconds", 0.0, 600.0),
         shutdown_grace_seconds=s.get_float("shutdown_grace_seconds", 0.0, 3600.0),
         event_loop=s.get_str("event_loop", EVENT_LOOPS, default="uvloop"),
+        grpc_io=s.get_str("grpc_io", grpc_io.CHOICES, default="poller"),
     )
     s.reject_unknown()
     return result
