@@ -16,6 +16,7 @@ from bench.results import (
     BASELINES,
     CACHE_HIT,
     DIRECT,
+    ECHO_POLLER,
     ECHO_SCENARIO,
     RELAY,
     SIM_SCENARIO,
@@ -89,6 +90,8 @@ def _ratio_name(r: Ratio) -> str:
         return f"cache_hit_{r.mode}"
     if r.baseline == UNRECORDED:
         return f"recorded_vs_unrecorded_{r.mode}"
+    if r.baseline == ECHO_POLLER:
+        return f"vs_echo_poller_{r.mode}"
     if r.subject == TRACED:
         return f"traced_vs_untraced_{r.mode}"
     return r.mode
@@ -97,8 +100,9 @@ def _ratio_name(r: Ratio) -> str:
 def ratio_lines(ratios: Sequence[Ratio]) -> list[str]:
     """Lines a script can grep for: `RATIO unary c=64: 0.42` (omnirelay / echo), `RATIO cache_hit_unary
     c=64: 0.9` (omnirelay's cache hits / echo), `RATIO recorded_vs_unrecorded_unary c=64: 0.97`
-    (omnirelay / omnirelay with usage recording off), `RATIO traced_vs_untraced_unary c=64: 0.85`
-    (omnirelay with tracing on / omnirelay), `RATIO vs_relay_unary c=1: 0.8` (omnirelay /
+    (omnirelay / omnirelay with usage recording off), `RATIO vs_echo_poller_unary c=64: 0.62`
+    (omnirelay / the echo server with the same gRPC socket threads), `RATIO traced_vs_untraced_unary
+    c=64: 0.85` (omnirelay with tracing on / omnirelay), `RATIO vs_relay_unary c=1: 0.8` (omnirelay /
     bare relay), `RATIO relay_stream c=64: 0.35` (omnirelay / direct client), `RATIO
     workers_2_vs_1_unary c=64: 1.6`."""
     return [f"RATIO {_ratio_name(r)} c={r.concurrency}: {number(r.of_medians)}" for r in ratios]
@@ -290,6 +294,7 @@ def _echo_sections(report: Report) -> list[str]:
         out += ["", "## omnirelay / echo (calls/s unary, messages/s streaming)", ""]
         out += _ratio_table(ratios)
     out += _cache_section(report)
+    out += _same_io_section(report)
     out += _recording_section(report)
     out += tracing_section(report.tracing, report.skipped.get(TRACED, ""))
     if summaries:
@@ -314,6 +319,25 @@ def _cache_section(report: Report) -> list[str]:
         "must come back with `route.cache` HIT (any other counts as an error). A hit skips routing "
         "and the provider; the answer has the uncached one's tokens (sizes under Answer sizes). "
         f"Measured interleaved with `echo` and `{SUBJECT}`; its rows are in the unary table above.",
+        "",
+    ]
+    out += _ratio_table(ratios)
+    return out
+
+
+def _same_io_section(report: Report) -> list[str]:
+    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.baseline == ECHO_POLLER]
+    if not ratios:
+        return []
+    out = ["", f"## {SUBJECT} / echo with the same gRPC I/O (`{ECHO_POLLER}`, unary calls/s)", ""]
+    out += [
+        f"`{ECHO_POLLER}`: a second bare echo server, the same as `echo` but with gRPC's socket work "
+        "done on the thread that polls grpc.aio's completion queue "
+        "(`GRPC_EXPERIMENTS=-event_engine_listener`), as omnirelay's `serve` does it by default "
+        '(`server.grpc_io = "poller"`); `echo` keeps grpcio\'s default (EventEngine threads). '
+        f"The target above is judged against `echo`; this ratio is {SUBJECT}'s own cost with the "
+        f"transport held equal. A figure, not a target. Measured next to `{SUBJECT}` in each repeat "
+        "(ABBA); its rows are in the unary table above.",
         "",
     ]
     out += _ratio_table(ratios)

@@ -39,6 +39,10 @@ UNRECORDED = "unrecorded"
 # The echo scenario's third omnirelay server, with tracing on (every call sampled, spans exported over
 # OTLP to bench.otlp_sink): its unary calls/s over omnirelay's (tracing off) are what tracing costs.
 TRACED = "traced"
+# The echo scenario's second bare echo server, its gRPC socket work on the polling thread as
+# omnirelay's is by default (server.grpc_io = "poller"): omnirelay's unary calls/s over its are
+# omnirelay's cost with the transport held equal; the target stays against the bare `echo`.
+ECHO_POLLER = "echo-poller"
 # The workers scenario's targets: omnirelay serving with this many worker processes.
 WORKER_COUNTS = (1, 2)
 
@@ -51,7 +55,7 @@ def workers_target(count: int) -> str:
 BASELINES: dict[str, tuple[str, ...]] = {ECHO_SCENARIO: (BASELINE,), SIM_SCENARIO: (RELAY, DIRECT)}
 # Every target of the scenarios measured with bench.loadgen, in the order they are measured.
 TARGETS: dict[str, tuple[str, ...]] = {
-    ECHO_SCENARIO: (BASELINE, SUBJECT, UNRECORDED, TRACED, CACHE_HIT),
+    ECHO_SCENARIO: (BASELINE, ECHO_POLLER, SUBJECT, UNRECORDED, TRACED, CACHE_HIT),
     SIM_SCENARIO: (DIRECT, RELAY, SUBJECT),
     WORKERS_SCENARIO: tuple(workers_target(n) for n in WORKER_COUNTS),
 }

@@ -48,6 +48,7 @@ from bench.results import (
     BASELINE,
     BASELINES,
     CACHE_HIT,
+    ECHO_POLLER,
     ECHO_SCENARIO,
     LOAD_SCENARIOS,
     SCENARIOS,
@@ -540,6 +541,12 @@ def _report(config: RunConfig, out: Outcome, started_utc: datetime, wall_s: floa
             for c in config.concurrency
             if c in config.cache_concurrency
             and (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, BASELINE, subject_name=CACHE_HIT))
+        ]
+        # omnirelay over the echo server whose gRPC does its socket work where omnirelay's does.
+        ratios += [
+            r
+            for c in unrecorded_levels(config)
+            if (r := ratio(out.measurements, ECHO_SCENARIO, "unary", c, baseline_name=ECHO_POLLER))
         ]
         # omnirelay (recording) over itself without recording.
         ratios += [

@@ -1,6 +1,8 @@
 """The load scenarios' servers, and the targets the load generator calls in each.
 
-`echo`: the echo server and omnirelay (its `local` provider), both over gRPC; the same omnirelay
+`echo`: the echo server and omnirelay (its `local` provider), both over gRPC; a second echo server
+with gRPC's socket work on its polling thread, as omnirelay does it by default (`echo-poller`, unary
+only, where `unrecorded` is measured); the same omnirelay
 server called with deterministic requests, which it answers from its response cache (`cache-hit`,
 unary only, at the levels asked for: it starts no server of its own); a second omnirelay server
 with usage recording off (`unrecorded`, unary only, at the levels asked for); and a third with
@@ -36,6 +38,7 @@ from bench.results import (
     BASELINE,
     CACHE_HIT,
     DIRECT,
+    ECHO_POLLER,
     ECHO_SCENARIO,
     RELAY,
     SIM_SCENARIO,
@@ -47,9 +50,11 @@ from bench.results import (
     workers_target,
 )
 from bench.workload import MODES, SIM_API_KEY, SIM_PROVIDER, STREAM_EVENTS, gateway_sim_model
+from omnirelay import grpc_io
 
 # Process names (the report's "servers" row and log files); the targets are named in bench.results.
 ECHO_SERVER = "echo"
+ECHO_POLLER_SERVER = "echo-poller"
 OMNIRELAY_SERVER = "omnirelay"
 SIM_SERVER = "sim"
 RELAY_SERVER = "relay"
@@ -59,6 +64,8 @@ OMNIRELAY_TRACED_SERVER = "omnirelay-traced"
 OTLP_SINK_SERVER = "otlp-sink"
 # omnirelay's setting that turns usage recording (and budgets) off.
 UNRECORDED_ENV = (("OMNIRELAY_USAGE__ENABLED", "false"),)
+# The bare echo server with gRPC's socket work where omnirelay's `serve` puts it by default.
+ECHO_POLLER_ENV = ((grpc_io.ENV, grpc_io.experiments("poller", "")),)
 # Where the OTLP sink writes its span count, in the run's data directory.
 SINK_COUNT_FILE = "otlp-sink-spans.json"
 RESET_TIMEOUT_S = 5.0
@@ -218,6 +225,15 @@ def _start_echo(
     echo = launcher.start(ServerSpec(ECHO_SERVER, tuple(argv[ECHO_SERVER])), failures, started)
     if echo:
         targets.append(Target(BASELINE, echo, "grpc", echo.address))
+    if unrecorded_levels:
+        # Where the unrecorded server is measured (unary, at the ratio's level), in the same repeats.
+        spec = ServerSpec(ECHO_POLLER_SERVER, tuple(argv[ECHO_SERVER]), ECHO_POLLER_ENV)
+        if poller := launcher.start(spec, failures, started):
+            targets.append(
+                Target(
+                    ECHO_POLLER, poller, "grpc", poller.address, modes=("unary",), levels=unrecorded_levels
+                )
+            )
     omnirelay = launcher.start(
         launcher.omnirelay(OMNIRELAY_SERVER, argv[OMNIRELAY_SERVER]), failures, started
     )

@@ -14,6 +14,7 @@ from bench.procs import ServerSpec
 from bench.report import ratio_lines
 from bench.results import (
     BASELINE,
+    ECHO_POLLER,
     ECHO_SCENARIO,
     SUBJECT,
     UNRECORDED,
@@ -102,6 +103,22 @@ def test_ratio_of_omnirelay_over_unrecorded_and_its_line() -> None:
     assert r.high == pytest.approx(0.98)
     assert ratio_lines([r]) == ["RATIO recorded_vs_unrecorded_unary c=64: 0.97"]
     assert goal(config(), [r]).status == PASS
+
+
+def test_omnirelay_over_the_echo_server_with_the_same_grpc_io_is_a_line_not_a_goal() -> None:
+    measurements = [
+        measured(ECHO_POLLER, 0, 4000.0),
+        measured(SUBJECT, 0, 2400.0),
+        measured(BASELINE, 0, 3600.0),
+    ]
+    r = ratio(measurements, ECHO_SCENARIO, "unary", 64, baseline_name=ECHO_POLLER)
+    assert r is not None
+    assert (r.baseline, r.subject, r.of_medians) == (ECHO_POLLER, SUBJECT, pytest.approx(0.6))
+    assert ratio_lines([r]) == ["RATIO vs_echo_poller_unary c=64: 0.60"]
+    # The targets stay against the bare echo server: this ratio is taken for none of them.
+    echo = Ratio(ECHO_SCENARIO, BASELINE, "unary", 64, 0.67, 0.67, 0.67)
+    goals = evaluate(config(), [echo, r], [], [], [])
+    assert {g.value for g in goals if g.name == "unary_vs_echo_c64"} == {"0.67"}
 
 
 def test_every_omnirelay_server_keeps_its_usage_files_in_the_data_directory(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ from bench.quiet import Patience
 from bench.results import (
     BASELINE,
     CACHE_HIT,
+    ECHO_POLLER,
     ECHO_SCENARIO,
     SUBJECT,
     TARGETS,
@@ -35,6 +36,7 @@ from bench.results import (
     ratio,
 )
 from bench.scenarios import (
+    ECHO_POLLER_SERVER,
     ECHO_SERVER,
     OMNIRELAY_SERVER,
     OMNIRELAY_TRACED_SERVER,
@@ -102,7 +104,7 @@ def test_it_is_a_figure_not_a_target() -> None:
 
 
 def test_traced_is_an_echo_target_measured_next_to_omnirelay() -> None:
-    assert TARGETS[ECHO_SCENARIO] == (BASELINE, SUBJECT, UNRECORDED, TRACED, CACHE_HIT)
+    assert TARGETS[ECHO_SCENARIO] == (BASELINE, ECHO_POLLER, SUBJECT, UNRECORDED, TRACED, CACHE_HIT)
 
 
 # --- the figure ---
@@ -214,7 +216,8 @@ def test_ratio_of_traced_over_omnirelay_and_its_line() -> None:
 
 def test_report_has_the_section_the_line_and_the_json_figure() -> None:
     run = config(scenarios=(ECHO_SCENARIO,), modes=("unary",), concurrency=(64,))
-    ratios = [ECHO_RATIO, traced(0.85, 0.83, 0.88)]
+    same_io = Ratio(ECHO_SCENARIO, ECHO_POLLER, "unary", 64, 0.62, 0.6, 0.65, subject=SUBJECT)
+    ratios = [ECHO_RATIO, traced(0.85, 0.83, 0.88), same_io]
     machine = MachineFacts("cpu", 2, "kernel", "3.11", "1", "1", "0.1", "abc")
     result = report.Report(
         started_utc="2026-01-01 00:00:00 UTC",
@@ -240,6 +243,10 @@ def test_report_has_the_section_the_line_and_the_json_figure() -> None:
     assert "(traced: 64)" in markdown
     assert "FIGURE tracing_cost_unary_c64: 0.85 (spans=36000)" in markdown
     assert "RATIO traced_vs_untraced_unary c=64: 0.85" in markdown
+    # Beside it, omnirelay over the echo server whose gRPC does its socket work where omnirelay's does.
+    assert "## omnirelay / echo with the same gRPC I/O (`echo-poller`, unary calls/s)" in markdown
+    assert "| unary | 64 | 0.62 | 0.60-0.65 |" in markdown
+    assert "RATIO vs_echo_poller_unary c=64: 0.62" in markdown
     figure = json.loads(report.to_json(result))["tracing"]
     assert (figure["name"], figure["spans"], figure["error"]) == (NAME, 36_000, "")
     assert figure["on_vs_off"]["of_medians"] == 0.85
@@ -309,22 +316,29 @@ def test_echo_scenario_starts_the_sink_then_the_traced_server(tmp_path: Path) ->
     names = [spec.name for spec, _ in launched]
     assert names == [
         ECHO_SERVER,
+        ECHO_POLLER_SERVER,
         "omnirelay",
         OMNIRELAY_UNRECORDED_SERVER,
         OTLP_SINK_SERVER,
         OMNIRELAY_TRACED_SERVER,
     ]
     assert [s.spec.name for s in started] == names
-    assert [t.name for t in targets] == [BASELINE, SUBJECT, UNRECORDED, TRACED, CACHE_HIT]
-    (sink, sink_cpus), (traced_spec, traced_cpus) = launched[3], launched[4]
+    assert [t.name for t in targets] == [BASELINE, ECHO_POLLER, SUBJECT, UNRECORDED, TRACED, CACHE_HIT]
+    # The second echo server: the same command, gRPC's socket work on its polling thread, unary at 64.
+    (echo_spec, _), (poller_spec, poller_cpus) = launched[0], launched[1]
+    assert poller_spec.argv == echo_spec.argv == ("echo",)
+    assert (echo_spec.env, poller_spec.env) == ((), (("GRPC_EXPERIMENTS", "-event_engine_listener"),))
+    assert poller_cpus == frozenset({0})
+    assert (targets[1].modes, targets[1].levels) == (("unary",), (64,))
+    (sink, sink_cpus), (traced_spec, traced_cpus) = launched[4], launched[5]
     assert sink.argv == ("sink", "--count-file", str(sink_count_path(tmp_path / "data")))
     assert sink_cpus == frozenset({1})
     assert traced_cpus == frozenset({0})
     assert traced_spec.argv == ("omnirelay", "serve")
     env = dict(traced_spec.env)
-    assert env["OMNIRELAY_TRACING__ENDPOINT"] == f"http://{started[3].address}"
+    assert env["OMNIRELAY_TRACING__ENDPOINT"] == f"http://{started[4].address}"
     assert env["OMNIRELAY_USAGE__SQLITE_PATH"] == str(tmp_path / "data" / "omnirelay-traced-usage.db")
-    target = targets[3]
+    target = targets[4]
     assert (target.modes, target.levels, target.server.spec.name) == (
         ("unary",),
         (64,),
