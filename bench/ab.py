@@ -8,6 +8,9 @@ ratios with its standard error. Both run with this checkout's virtualenv; the ba
 and `clients/python` trees of the ref, extracted and put first on PYTHONPATH.
 
 Run: python -m bench.ab [--base HEAD] [--rounds 12] [--duration 2] [--cache-hit | --stream]
+                        [--env KEY=VALUE ...]
+`--env` sets settings (or any environment) for the working tree's server only: with `--base HEAD`
+it measures a setting, e.g. `--env OMNIRELAY_SERVER__GRPC_IO=event_engine`.
 """
 
 from __future__ import annotations
@@ -61,9 +64,12 @@ class Paired:
         return "faster" if self.mean > 1.0 else "slower"
 
 
-def report(paired: Paired, base_ref: str, unit: str = "calls/s") -> str:
+def report(
+    paired: Paired, base_ref: str, unit: str = "calls/s", env: tuple[tuple[str, str], ...] = ()
+) -> str:
     lines = [f"| server | {unit} (median) | rounds |", "| --- | ---: | --- |"]
-    for name, rates in ((f"base ({base_ref})", paired.base), ("change (working tree)", paired.change)):
+    change = "working tree" + "".join(f", {k}={v}" for k, v in env)
+    for name, rates in ((f"base ({base_ref})", paired.base), (f"change ({change})", paired.change)):
         rounds = ", ".join(f"{r:,.0f}" for r in rates)
         lines.append(f"| {name} | {statistics.median(rates):,.0f} | {rounds} |")
     lines.append("")
@@ -93,11 +99,13 @@ def run(
     cache_hit: bool,
     work_dir: Path,
     mode: str = "unary",
+    env: tuple[tuple[str, str], ...] = (),
 ) -> Paired:
+    """``env``: set for the change's server only."""
     pythonpath = materialize(base_ref, work_dir / "base-tree")
     specs = (
         ServerSpec("base", OMNIRELAY_ARGV, (("PYTHONPATH", pythonpath), *usage_env(work_dir, "base"))),
-        ServerSpec("change", OMNIRELAY_ARGV, usage_env(work_dir, "change")),
+        ServerSpec("change", OMNIRELAY_ARGV, (*env, *usage_env(work_dir, "change"))),
     )
     base, change = serve_and_measure(
         specs,
@@ -118,9 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument("--cache-hit", action="store_true", help="deterministic requests, answered from cache")
     kind.add_argument("--stream", action="store_true", help="streamed completions, measured in messages/s")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set in the working tree's server's environment only (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.rounds < 2 or args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
         parser.error("--rounds must be >= 2, --concurrency >= 1, --duration > 0, --warmup >= 0")
+    if bad := [e for e in args.env if not e.partition("=")[0] or "=" not in e]:
+        parser.error(f"--env takes KEY=VALUE, not {', '.join(map(repr, bad))}")
+    env = tuple((key, value) for key, _, value in (e.partition("=") for e in args.env))
     mode = "stream" if args.stream else "unary"
     with tempfile.TemporaryDirectory(prefix="omnirelay-ab-") as tmp:
         paired = run(
@@ -132,8 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.cache_hit,
             Path(tmp),
             mode,
+            env,
         )
-    print(report(paired, args.base, "messages/s" if args.stream else "calls/s"))
+    print(report(paired, args.base, "messages/s" if args.stream else "calls/s", env))
     return 0
 
 

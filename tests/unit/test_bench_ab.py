@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,30 @@ def test_both_versions_serve_load_in_alternating_rounds(tmp_path: Path) -> None:
     # Each version kept its own usage records.
     assert (tmp_path / "base-usage.db").exists()
     assert (tmp_path / "change-usage.db").exists()
+
+
+def test_env_reaches_the_changes_server_only_and_the_report_names_it(tmp_path: Path) -> None:
+    env = (("OMNIRELAY_USAGE__ENABLED", "false"),)
+    paired = run(
+        "HEAD", rounds=2, duration=0.3, warmup=0.1, concurrency=4, cache_hit=False, work_dir=tmp_path, env=env
+    )
+
+    def records(name: str) -> int:
+        with sqlite3.connect(tmp_path / f"{name}-usage.db") as db:
+            count: int = db.execute("SELECT count(*) FROM usage_records").fetchone()[0]
+        return count
+
+    # Recording off on the change's server only: the base recorded its calls, the change none.
+    assert records("base") > 0
+    assert records("change") == 0
+    text = report(paired, "HEAD", env=env)
+    assert "| change (working tree, OMNIRELAY_USAGE__ENABLED=false) |" in text
+
+
+@pytest.mark.parametrize("bad", ["NOEQUALS", "=value"])
+def test_env_must_be_key_equals_value(bad: str) -> None:
+    with pytest.raises(SystemExit):
+        main(["--env", bad])
 
 
 def test_a_stream_comparison_is_reported_in_messages() -> None:
