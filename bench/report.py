@@ -325,12 +325,19 @@ def _cache_section(report: Report) -> list[str]:
     return out
 
 
-def _same_io_section(report: Report) -> list[str]:
-    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.baseline == ECHO_POLLER]
+def _echo_section(report: Report, baseline: str, heading: str, text: str) -> list[str]:
+    """A section for omnirelay over one of the echo scenario's other servers, when it was measured."""
+    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.baseline == baseline]
     if not ratios:
         return []
-    out = ["", f"## {SUBJECT} / echo with the same gRPC I/O (`{ECHO_POLLER}`, unary calls/s)", ""]
-    out += [
+    return ["", heading, "", text, "", *_ratio_table(ratios)]
+
+
+def _same_io_section(report: Report) -> list[str]:
+    return _echo_section(
+        report,
+        ECHO_POLLER,
+        f"## {SUBJECT} / echo with the same gRPC I/O (`{ECHO_POLLER}`, unary calls/s)",
         f"`{ECHO_POLLER}`: a second bare echo server, the same as `echo` but with gRPC's socket work "
         "done on the thread that polls grpc.aio's completion queue "
         "(`GRPC_EXPERIMENTS=-event_engine_listener`), as omnirelay's `serve` does it by default "
@@ -338,28 +345,21 @@ def _same_io_section(report: Report) -> list[str]:
         f"The target above is judged against `echo`; this ratio is {SUBJECT}'s own cost with the "
         f"transport held equal. A figure, not a target. Measured next to `{SUBJECT}` in each repeat "
         "(ABBA); its rows are in the unary table above.",
-        "",
-    ]
-    out += _ratio_table(ratios)
-    return out
+    )
 
 
 def _recording_section(report: Report) -> list[str]:
-    ratios = [r for r in report.ratios if r.scenario == ECHO_SCENARIO and r.baseline == UNRECORDED]
-    if not ratios:
-        return []
-    out = ["", f"## Usage recording on / off (`{SUBJECT}` / `{UNRECORDED}`, unary calls/s)", ""]
-    out += [
+    return _echo_section(
+        report,
+        UNRECORDED,
+        f"## Usage recording on / off (`{SUBJECT}` / `{UNRECORDED}`, unary calls/s)",
         f"`{UNRECORDED}`: a second omnirelay server, the same as `{SUBJECT}` but with usage recording "
         "off (`OMNIRELAY_USAGE__ENABLED=false`: no usage records, no budgets), on the same core. "
         f"`{SUBJECT}` leaves a usage record for every call, which its recorder writes to a SQLite "
         "ledger in batches (in a temporary directory). Measured next to "
         f"`{SUBJECT}` in each repeat (ABBA); its rows are in the unary table above. A ratio under 1 is "
         "what recording costs.",
-        "",
-    ]
-    out += _ratio_table(ratios)
-    return out
+    )
 
 
 def _sim_cpu(s: Summary) -> tuple[str, str]:
