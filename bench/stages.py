@@ -32,7 +32,7 @@ from typing import Final
 
 from bench.loadcore import LoadResult
 from bench.procs import LoadToolError, RunningServer, ServerSpec, run_load_tool, start_server, stop_all
-from bench.run import ECHO_ARGV, OMNIRELAY_ARGV, REPO, cpu_sets
+from bench.run import ECHO_ARGV, OMNIRELAY_ARGV, REPO, abba, cpu_sets
 from bench.scenarios import usage_env
 
 # What `omnirelay serve` is given after its command, as `make bench` starts it.
@@ -130,13 +130,10 @@ def measure(
 
 
 def in_turns(count: int, rounds: int, measure_one: Callable[[int], float]) -> list[list[float]]:
-    """``measure_one(i)`` for each of ``count`` servers once a round, the order reversed every other
-    round (ABBA, as `make bench` does): measured in one order every round, four identical servers
-    came out 2-4% slower in the later places."""
+    """``measure_one(i)`` for each of ``count`` servers once a round, in `make bench`'s order (``abba``)."""
     found: list[list[float]] = [[] for _ in range(count)]
     for i in range(rounds):
-        order = range(count) if i % 2 == 0 else range(count - 1, -1, -1)
-        for which in order:
+        for which in abba(range(count), i):
             found[which].append(measure_one(which))
     return found
 

@@ -9,7 +9,7 @@ import pytest
 
 from bench.echo_server import build_unary_response
 from bench.procs import ServerSpec, start_server, stop_server
-from bench.run import REPO
+from bench.run import REPO, abba
 from bench.scenarios import usage_env
 from bench.stage_server import install
 from bench.stages import Row, added_micros, in_turns, run, stages, table
@@ -99,3 +99,12 @@ def test_servers_are_measured_in_turns_the_order_reversed_every_other_round() ->
     assert asked == [0, 1, 2, 2, 1, 0, 0, 1, 2]
     # Each server's rates, in round order.
     assert found == [[1010.0, 1060.0, 1070.0], [1020.0, 1050.0, 1080.0], [1030.0, 1040.0, 1090.0]]
+
+
+def test_make_bench_and_the_tools_share_one_order_a_copy_the_runner_may_change() -> None:
+    targets = ["echo", "omnirelay", "cache-hit"]
+    assert [abba(targets, r) for r in range(3)] == [targets, targets[::-1], targets]
+    # `make bench` drops a dead target from its list while a round goes on: the round keeps its order.
+    order = abba(targets, 0)
+    targets.remove("omnirelay")
+    assert order == ["echo", "omnirelay", "cache-hit"]
