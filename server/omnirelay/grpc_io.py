@@ -5,9 +5,9 @@ EventEngine worker threads and hands each call to the thread that polls grpc.aio
 completion queue: one more thread hop per call than gRPC's older iomgr TCP server,
 which does that socket work on the polling thread itself. On one core the hop is
 dear (a context switch and cold caches for every call): in ABBA A/B runs of the
-bench's servers pinned to one core, the iomgr server answered 1-11% more small unary
-calls per second through omnirelay (four runs, 1.011 ± 0.020 to 1.113 ± 0.030) and
-11-16% more on the bare echo server, and streamed as many messages (within noise).
+bench's servers pinned to one core, the iomgr server answered about 1-11% more small
+unary calls per second through omnirelay (four runs; bench/README.md has each) and
+10-16% more on the bare echo server, and streamed as many messages (within noise).
 It was never slower, so omnirelay serves with it by default (``poller``);
 ``event_engine`` keeps grpcio's own default.
 
