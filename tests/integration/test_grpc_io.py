@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from omnirelay import grpc_io
+from omnirelay import cli, grpc_io
 from omnirelay.config import ConfigError, load_settings
 from tests.integration.serve import Served, start
 
@@ -37,6 +40,26 @@ def test_apply_sets_the_environment_and_says_whether_grpc_can_still_take_it() ->
     # This test process loaded gRPC long ago: too late here, though child processes get it.
     assert grpc_io.apply("poller", environ) is False
     assert environ["GRPC_EXPERIMENTS"] == "tcp_rcv_lowat,-event_engine_listener"
+
+
+def test_serve_says_when_grpc_was_loaded_too_early_for_the_setting(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Restored after the test: serve writes the variable for its children even when too late here.
+    monkeypatch.setenv("GRPC_EXPERIMENTS", "tcp_rcv_lowat")
+    served: list[str] = []
+
+    def run_on(event_loop: str, main: Coroutine[Any, Any, int]) -> int:
+        # Not serving: the setting is applied before the loop starts.
+        served.append(event_loop)
+        main.close()
+        return 0
+
+    monkeypatch.setattr(cli, "run_on", run_on)
+    assert cli.main(["serve", "--profile", "development", "--port", "0"]) == 0
+    assert served == ["uvloop"]
+    assert "gRPC was loaded before server.grpc_io = 'poller' could apply" in capsys.readouterr().err
+    assert os.environ["GRPC_EXPERIMENTS"] == "tcp_rcv_lowat,-event_engine_listener"
 
 
 def test_the_default_is_poller_and_an_unknown_choice_is_a_config_error(
