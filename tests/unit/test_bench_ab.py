@@ -7,11 +7,13 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench.ab import Paired, main, materialize, report, run
 from bench.run import REPO
+from bench.stages import serve_and_measure
 
 
 def test_the_ratio_is_the_mean_of_each_rounds_ratio() -> None:
@@ -39,7 +41,28 @@ def test_the_report_names_both_versions_and_the_ratio() -> None:
     text = report(Paired((4000.0, 4200.0, 4100.0), (4400.0, 4500.0, 4300.0)), "main~3")
     assert "| base (main~3) | 4,100 | 4,000, 4,200, 4,100 |" in text
     assert "| change (working tree) | 4,400 | 4,400, 4,500, 4,300 |" in text
-    assert "change / base: 1.073 ± 0.015 (standard error of 3 paired rounds): faster" in text
+    assert (
+        "change / base: 1.073 ± 0.015 (standard error over 3 paired rounds, one server start): faster" in text
+    )
+
+
+def test_with_several_starts_the_error_is_taken_over_the_starts() -> None:
+    # Ratios 1.10, 1.10 | 1.00, 1.00 | 0.95, 0.95: every round agrees with its start's pair, so
+    # the rounds alone would call this certain; the three starts (means 1.10, 1.00, 0.95) do not.
+    paired = Paired(base=(100.0,) * 6, change=(110.0, 110.0, 100.0, 100.0, 95.0, 95.0), per_start=2)
+    assert paired.starts == pytest.approx((1.10, 1.00, 0.95))
+    assert paired.mean == pytest.approx(1.0167, abs=1e-4)
+    # stdev of (1.10, 1.00, 0.95) is 0.0764; over sqrt(3) starts 0.0441
+    assert paired.stderr == pytest.approx(0.0441, abs=1e-4)
+    assert paired.verdict() == "within noise"
+    text = report(paired, "HEAD")
+    assert "change / base: 1.017 ± 0.044 (standard error over 3 server starts of 2 rounds each)" in text
+
+
+def test_one_start_keeps_the_error_of_its_rounds() -> None:
+    one = Paired((100.0, 100.0), (110.0, 90.0), per_start=0)
+    assert one.starts == pytest.approx((1.0,))
+    assert one.stderr == pytest.approx(0.1)
 
 
 def test_the_base_is_the_refs_code_and_is_imported_first(tmp_path: Path) -> None:
@@ -99,6 +122,39 @@ def test_env_reaches_the_changes_server_only_and_the_report_names_it(tmp_path: P
     assert records("change") == 0
     text = report(paired, "HEAD", env=env)
     assert "| change (working tree, OMNIRELAY_USAGE__ENABLED=false) |" in text
+
+
+def test_the_servers_are_started_again_every_per_start_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[int] = []
+
+    def counted(specs: Any, rounds: int, log_dir: Path, measure_one: Any) -> list[list[float]]:
+        starts.append(rounds)
+        return serve_and_measure(specs, rounds, log_dir, measure_one)
+
+    monkeypatch.setattr("bench.ab.serve_and_measure", counted)
+    paired = run(
+        "HEAD",
+        rounds=4,
+        duration=0.3,
+        warmup=0.1,
+        concurrency=4,
+        cache_hit=False,
+        work_dir=tmp_path,
+        per_start=2,
+    )
+    assert starts == [2, 2]
+    assert len(paired.base) == len(paired.change) == 4
+    assert len(paired.starts) == 2
+    assert all(rate > 0 for rate in (*paired.base, *paired.change))
+
+
+@pytest.mark.parametrize("per_start", ["3", "-2", "4"])
+def test_per_start_must_be_even_and_divide_the_rounds(per_start: str) -> None:
+    # 3 is odd (one order more often than the other), 4 does not divide 6.
+    with pytest.raises(SystemExit):
+        main(["--rounds", "6", "--per-start", per_start])
 
 
 @pytest.mark.parametrize("bad", ["NOEQUALS", "=value"])
