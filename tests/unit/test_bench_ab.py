@@ -16,6 +16,30 @@ from bench.run import REPO
 from bench.stages import serve_and_measure
 
 
+def short_run(
+    work_dir: Path,
+    *,
+    rounds: int = 2,
+    duration: float = 0.3,
+    mode: str = "unary",
+    env: tuple[tuple[str, str], ...] = (),
+    per_start: int = 0,
+) -> Paired:
+    """A real comparison of HEAD with the working tree, kept short (c=4, 0.1 s of warm-up)."""
+    return run(
+        "HEAD",
+        rounds=rounds,
+        duration=duration,
+        warmup=0.1,
+        concurrency=4,
+        cache_hit=False,
+        work_dir=work_dir,
+        mode=mode,
+        env=env,
+        per_start=per_start,
+    )
+
+
 def test_the_ratio_is_the_mean_of_each_rounds_ratio() -> None:
     paired = Paired(base=(1000.0, 2000.0), change=(1100.0, 1800.0))
     assert paired.ratios == pytest.approx((1.1, 0.9))
@@ -96,9 +120,7 @@ def test_an_unknown_ref_fails_before_any_server_starts(tmp_path: Path) -> None:
 
 
 def test_both_versions_serve_load_in_alternating_rounds(tmp_path: Path) -> None:
-    paired = run(
-        "HEAD", rounds=2, duration=0.3, warmup=0.1, concurrency=4, cache_hit=False, work_dir=tmp_path
-    )
+    paired = short_run(tmp_path)
     assert len(paired.base) == len(paired.change) == 2
     assert all(rate > 0 for rate in (*paired.base, *paired.change))
     # Each version kept its own usage records.
@@ -108,9 +130,7 @@ def test_both_versions_serve_load_in_alternating_rounds(tmp_path: Path) -> None:
 
 def test_env_reaches_the_changes_server_only_and_the_report_names_it(tmp_path: Path) -> None:
     env = (("OMNIRELAY_USAGE__ENABLED", "false"),)
-    paired = run(
-        "HEAD", rounds=2, duration=0.3, warmup=0.1, concurrency=4, cache_hit=False, work_dir=tmp_path, env=env
-    )
+    paired = short_run(tmp_path, env=env)
 
     def records(name: str) -> int:
         with sqlite3.connect(tmp_path / f"{name}-usage.db") as db:
@@ -134,16 +154,7 @@ def test_the_servers_are_started_again_every_per_start_rounds(
         return serve_and_measure(specs, rounds, log_dir, measure_one)
 
     monkeypatch.setattr("bench.ab.serve_and_measure", counted)
-    paired = run(
-        "HEAD",
-        rounds=4,
-        duration=0.3,
-        warmup=0.1,
-        concurrency=4,
-        cache_hit=False,
-        work_dir=tmp_path,
-        per_start=2,
-    )
+    paired = short_run(tmp_path, rounds=4, per_start=2)
     assert starts == [2, 2]
     assert len(paired.base) == len(paired.change) == 4
     assert len(paired.starts) == 2
@@ -175,15 +186,6 @@ def test_cache_hits_and_streams_are_one_or_the_other() -> None:
 
 
 def test_both_versions_relay_streams_in_alternating_rounds(tmp_path: Path) -> None:
-    paired = run(
-        "HEAD",
-        rounds=2,
-        duration=0.5,
-        warmup=0.1,
-        concurrency=4,
-        cache_hit=False,
-        work_dir=tmp_path,
-        mode="stream",
-    )
+    paired = short_run(tmp_path, duration=0.5, mode="stream")
     # Messages, not calls: a streamed call here is 200 chunks, far more than a call per round.
     assert all(rate > 200 for rate in (*paired.base, *paired.change))
