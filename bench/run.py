@@ -316,35 +316,39 @@ class _Runner:
             print("  disturbed by other processes: measuring again", file=sys.stderr, flush=True)
         raise AssertionError("unreachable")
 
-    def measure_all(self, scenario: str, targets: Sequence[Target]) -> None:
+    def measure_all(self, scenario: str, targets: Sequence[Target], repeat: int) -> None:
+        """One repeat of every mode and level, the targets in ``abba`` order at each level."""
         out = self.out
         live = list(targets)
         dead: set[int] = set()
         for mode in _modes(self.config, scenario):
             for concurrency in _levels(self.config, scenario):
-                for repeat in range(self.config.repeats):
-                    for target in abba(live, repeat):
-                        if target not in live or not target.measures(mode, concurrency):
+                for target in abba(live, repeat):
+                    if target not in live or not target.measures(mode, concurrency):
+                        continue
+                    m = self.measure_settled(scenario, target, mode, concurrency, repeat)
+                    out.measurements.append(m)
+                    failures, warnings = _verdict(m, target)
+                    out.failures += failures
+                    out.warnings += warnings
+                    for server in target.processes:
+                        if server.process.poll() is None or server.process.pid in dead:
                             continue
-                        m = self.measure_settled(scenario, target, mode, concurrency, repeat)
-                        out.measurements.append(m)
-                        failures, warnings = _verdict(m, target)
-                        out.failures += failures
-                        out.warnings += warnings
-                        for server in target.processes:
-                            if server.process.poll() is None or server.process.pid in dead:
-                                continue
-                            dead.add(server.process.pid)
-                            out.failures.append(
-                                f"{server.spec.name} died (status {server.process.returncode}) "
-                                f"during {scenario} {target.name} {mode} c={concurrency} #{repeat + 1}"
-                            )
-                        # A target is gone with any process it relies on (the simulator serves three).
-                        live = [t for t in live if all(s.process.pid not in dead for s in t.processes)]
+                        dead.add(server.process.pid)
+                        out.failures.append(
+                            f"{server.spec.name} died (status {server.process.returncode}) "
+                            f"during {scenario} {target.name} {mode} c={concurrency} #{repeat + 1}"
+                        )
+                    # A target is gone with any process it relies on (the simulator serves three).
+                    live = [t for t in live if all(s.process.pid not in dead for s in t.processes)]
 
     def run_load_scenario(self, scenario: str, argv: Mapping[str, Sequence[str]], launcher: Launcher) -> None:
-        """Start a scenario's servers, measure its targets, and stop the servers again."""
-        started: list[RunningServer] = []
+        """For each repeat: start a scenario's servers, measure its targets, and stop them again.
+
+        Every repeat has processes of its own: a process keeps its own speed for as long as it lives
+        (where its memory landed, its hash seed), a few percent either way, so servers started once
+        would carry one pair's offset into every repeat of a ratio (`bench.ab` found it first).
+        """
         cache_levels: tuple[int, ...] = ()
         unrecorded: tuple[int, ...] = ()
         traced: tuple[int, ...] = ()
@@ -360,6 +364,23 @@ class _Runner:
                 traced = ()
                 self.out.skipped[TRACED] = missing
                 print(f"{TRACED}: {missing}", file=sys.stderr, flush=True)
+        for repeat in range(self.config.repeats):
+            self._run_repeat(scenario, argv, launcher, repeat, cache_levels, unrecorded, traced)
+
+    def _run_repeat(
+        self,
+        scenario: str,
+        argv: Mapping[str, Sequence[str]],
+        launcher: Launcher,
+        repeat: int,
+        cache_levels: tuple[int, ...],
+        unrecorded: tuple[int, ...],
+        traced: tuple[int, ...],
+    ) -> None:
+        started: list[RunningServer] = []
+        count_path = sink_count_path(launcher.data_dir)
+        # This start's sink writes its own count; the last one's must not pass for it.
+        count_path.unlink(missing_ok=True)
         try:
             targets = start_targets(
                 scenario, argv, launcher, self.out.failures, started, cache_levels, unrecorded, traced
@@ -367,10 +388,11 @@ class _Runner:
             for server in started:
                 self.out.started(server)
                 print(
-                    f"{server.spec.name} serving on {server.address} (pid {server.process.pid})",
+                    f"{server.spec.name} serving on {server.address} (pid {server.process.pid}, "
+                    f"repeat {repeat + 1})",
                     file=sys.stderr,
                 )
-            self.measure_all(scenario, targets)
+            self.measure_all(scenario, targets, repeat)
         finally:
             # Stopping is bounded (SIGTERM, then SIGKILL); a second SIGTERM must not cut it short.
             handler = signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -379,9 +401,12 @@ class _Runner:
             signal.signal(signal.SIGTERM, handler)
             if any(server.spec.name == OMNIRELAY_TRACED_SERVER for server in started):
                 # Read once the traced server has stopped: it exports its last spans as it stops.
-                self.out.sink = read_count(sink_count_path(launcher.data_dir)) or SinkCount(0, 0)
-                if self.out.sink.spans <= 0:
-                    self.out.failures.append(f"{OMNIRELAY_TRACED_SERVER}: {NO_SPANS}")
+                count = read_count(count_path) or SinkCount(0, 0)
+                before = self.out.sink or SinkCount(0, 0)
+                self.out.sink = SinkCount(before.spans + count.spans, before.exports + count.exports)
+                failure = f"{OMNIRELAY_TRACED_SERVER}: {NO_SPANS}"
+                if count.spans <= 0 and failure not in self.out.failures:
+                    self.out.failures.append(failure)
 
 
 def _disturbed(m: Measurement) -> bool:
