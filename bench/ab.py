@@ -38,7 +38,7 @@ from typing import Final
 from bench.procs import ServerSpec
 from bench.run import OMNIRELAY_ARGV, REPO
 from bench.scenarios import usage_env
-from bench.stages import measure, serve_and_measure
+from bench.stages import measure, per_start_problem, serve_and_measure
 
 # What the base needs of the ref: the gateway and the generated client code it imports.
 TREES: Final = ("server", "clients/python")
@@ -132,18 +132,13 @@ def run(
         ServerSpec("base", OMNIRELAY_ARGV, (("PYTHONPATH", pythonpath), *usage_env(work_dir, "base"))),
         ServerSpec("change", OMNIRELAY_ARGV, (*env, *usage_env(work_dir, "change"))),
     )
-    size = per_start or rounds
-    base: list[float] = []
-    change: list[float] = []
-    for first in range(0, rounds, size):
-        found = serve_and_measure(
-            specs,
-            min(size, rounds - first),
-            work_dir,
-            lambda address, cpus: measure(address, concurrency, duration, warmup, cpus, cache_hit, mode),
-        )
-        base += found[0]
-        change += found[1]
+    base, change = serve_and_measure(
+        specs,
+        rounds,
+        work_dir,
+        lambda address, cpus: measure(address, concurrency, duration, warmup, cpus, cache_hit, mode),
+        per_start,
+    )
     return Paired(tuple(base), tuple(change), per_start if per_start < rounds else 0)
 
 
@@ -173,9 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.rounds < 2 or args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
         parser.error("--rounds must be >= 2, --concurrency >= 1, --duration > 0, --warmup >= 0")
-    if args.per_start < 0 or args.per_start % 2 or (args.per_start and args.rounds % args.per_start):
-        # Even: each start measures both orders equally (base first, then change first).
-        parser.error("--per-start must be 0 or an even number that divides --rounds")
+    if problem := per_start_problem(args.rounds, args.per_start):
+        parser.error(problem)
     if bad := [e for e in args.env if not e.partition("=")[0] or "=" not in e]:
         parser.error(f"--env takes KEY=VALUE, not {', '.join(map(repr, bad))}")
     env = tuple((key, value) for key, _, value in (e.partition("=") for e in args.env))

@@ -15,7 +15,8 @@ servers, all pinned to one core (as `make bench` pins them), each doing a little
 
 They are measured in turn, the order reversed every other round, with the load generator on the
 other core; each stage is reported with its median calls/s and the microseconds a call costs over
-the stage before it (1e6 / rate, differenced). Run: python -m bench.stages [--rounds 3] [--duration 4]
+the stage before it (1e6 / rate, differenced). The servers are started afresh every
+`--per-start` rounds (2). Run: python -m bench.stages [--rounds 4] [--per-start 2] [--duration 4]
 """
 
 from __future__ import annotations
@@ -138,14 +139,42 @@ def in_turns(count: int, rounds: int, measure_one: Callable[[int], float]) -> li
     return found
 
 
+def per_start_problem(rounds: int, per_start: int) -> str:
+    """Why ``per_start`` cannot divide ``rounds`` into starts ("" when it can). Even, so each start
+    measures every order of ``in_turns`` equally often."""
+    if per_start < 0 or per_start % 2 or (per_start and rounds % per_start):
+        return "--per-start must be 0 or an even number that divides --rounds"
+    return ""
+
+
 def serve_and_measure(
     specs: Sequence[ServerSpec],
     rounds: int,
     log_dir: Path,
     measure_one: Callable[[str, frozenset[int] | None], float],
+    per_start: int = 0,
 ) -> list[list[float]]:
     """Start ``specs`` on one core (the load generator gets another, as `make bench` places them),
-    measure them in turns with ``measure_one(address, loadgen_cpus)``, and always stop them."""
+    measure them in turns with ``measure_one(address, loadgen_cpus)``, and always stop them.
+
+    They are started afresh every ``per_start`` rounds (0: once for all). A process keeps its own
+    speed for as long as it lives, so rounds of one start share its offset (bench/README.md).
+    """
+    size = per_start or rounds
+    found: list[list[float]] = [[] for _ in specs]
+    for first in range(0, rounds, size):
+        block = _serve_once(specs, min(size, rounds - first), log_dir, measure_one)
+        for rates, more in zip(found, block, strict=True):
+            rates += more
+    return found
+
+
+def _serve_once(
+    specs: Sequence[ServerSpec],
+    rounds: int,
+    log_dir: Path,
+    measure_one: Callable[[str, frozenset[int] | None], float],
+) -> list[list[float]]:
     cpus = cpu_sets()
     server_cpus, loadgen_cpus = cpus if cpus else (None, None)
     running: list[RunningServer] = []
@@ -157,26 +186,40 @@ def serve_and_measure(
         stop_all(running)
 
 
-def run(rounds: int, duration: float, warmup: float, concurrency: int, log_dir: Path) -> list[Row]:
+def run(
+    rounds: int, duration: float, warmup: float, concurrency: int, log_dir: Path, per_start: int = 0
+) -> list[Row]:
     every = stages()
     specs = [ServerSpec(s.name, s.argv, s.env + usage_env(log_dir, s.name)) for s in every]
     rates = serve_and_measure(
-        specs, rounds, log_dir, lambda address, cpus: measure(address, concurrency, duration, warmup, cpus)
+        specs,
+        rounds,
+        log_dir,
+        lambda address, cpus: measure(address, concurrency, duration, warmup, cpus),
+        per_start,
     )
     return [Row(stage, tuple(found)) for stage, found in zip(every, rates, strict=True)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument(
+        "--per-start",
+        type=int,
+        default=2,
+        help="rounds before the servers are started again, even (0: once for all rounds)",
+    )
     parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per server and round")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.duration <= 0 or args.warmup < 0 or args.concurrency < 1:
         parser.error("--rounds and --concurrency must be >= 1, --duration > 0, --warmup >= 0")
+    if problem := per_start_problem(args.rounds, args.per_start):
+        parser.error(problem)
     with tempfile.TemporaryDirectory(prefix="omnirelay-stages-") as tmp:
-        rows = run(args.rounds, args.duration, args.warmup, args.concurrency, Path(tmp))
+        rows = run(args.rounds, args.duration, args.warmup, args.concurrency, Path(tmp), args.per_start)
     print(table(rows))
     return 0
 

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from bench.ab import Paired, main, materialize, report, run
+from bench.procs import RunningServer, ServerSpec, start_server
 from bench.run import REPO
-from bench.stages import serve_and_measure
 
 
 def short_run(
@@ -147,15 +147,18 @@ def test_env_reaches_the_changes_server_only_and_the_report_names_it(tmp_path: P
 def test_the_servers_are_started_again_every_per_start_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    starts: list[int] = []
+    starts: list[tuple[str, int]] = []
 
-    def counted(specs: Any, rounds: int, log_dir: Path, measure_one: Any) -> list[list[float]]:
-        starts.append(rounds)
-        return serve_and_measure(specs, rounds, log_dir, measure_one)
+    def counted(spec: ServerSpec, *args: Any) -> RunningServer:
+        server = start_server(spec, *args)
+        starts.append((spec.name, server.process.pid))
+        return server
 
-    monkeypatch.setattr("bench.ab.serve_and_measure", counted)
+    monkeypatch.setattr("bench.stages.start_server", counted)
     paired = short_run(tmp_path, rounds=4, per_start=2)
-    assert starts == [2, 2]
+    # Two starts of both servers, each a new process.
+    assert [name for name, _ in starts] == ["base", "change", "base", "change"]
+    assert len({pid for _, pid in starts}) == 4
     assert len(paired.base) == len(paired.change) == 4
     assert len(paired.starts) == 2
     assert all(rate > 0 for rate in (*paired.base, *paired.change))

@@ -12,7 +12,17 @@ from bench.procs import ServerSpec, start_server, stop_server
 from bench.run import REPO, abba
 from bench.scenarios import usage_env
 from bench.stage_server import install
-from bench.stages import Row, added_micros, in_turns, run, stages, table
+from bench.stages import (
+    Row,
+    added_micros,
+    in_turns,
+    main,
+    per_start_problem,
+    run,
+    serve_and_measure,
+    stages,
+    table,
+)
 from bench.workload import unary_request
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
 
@@ -108,3 +118,32 @@ def test_make_bench_and_the_tools_share_one_order_a_copy_the_runner_may_change()
     order = abba(targets, 0)
     targets.remove("omnirelay")
     assert order == ["echo", "omnirelay", "cache-hit"]
+
+
+def test_per_start_must_be_even_and_divide_the_rounds() -> None:
+    assert per_start_problem(4, 2) == ""
+    assert per_start_problem(3, 0) == ""
+    # Odd: one order more often than the other; 4 does not divide 6; negative is nonsense.
+    for rounds, per_start in ((6, 3), (6, 4), (4, -2)):
+        assert "--per-start" in per_start_problem(rounds, per_start)
+    with pytest.raises(SystemExit):
+        main(["--rounds", "3", "--per-start", "2"])
+
+
+def test_servers_are_started_afresh_every_per_start_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    blocks: list[int] = []
+
+    def serve_once(specs: object, rounds: int, log_dir: Path, measure_one: object) -> list[list[float]]:
+        blocks.append(rounds)
+        base = 100.0 * len(blocks)
+        return [[base + r for r in range(rounds)], [base + 10 + r for r in range(rounds)]]
+
+    monkeypatch.setattr("bench.stages._serve_once", serve_once)
+    specs = (ServerSpec("a", ("serve",)), ServerSpec("b", ("serve",)))
+    found = serve_and_measure(specs, 6, Path("."), lambda address, cpus: 0.0, per_start=2)
+    assert blocks == [2, 2, 2]
+    # Each server's rates in round order, across the starts.
+    assert found == [[100.0, 101.0, 200.0, 201.0, 300.0, 301.0], [110.0, 111.0, 210.0, 211.0, 310.0, 311.0]]
+    blocks.clear()
+    serve_and_measure(specs, 3, Path("."), lambda address, cpus: 0.0)
+    assert blocks == [3]
