@@ -38,7 +38,7 @@ from typing import Final
 from bench.procs import ServerSpec
 from bench.run import OMNIRELAY_ARGV, REPO
 from bench.scenarios import usage_env
-from bench.stages import measure, per_start_problem, serve_and_measure
+from bench.stages import add_per_start, measure, per_start_problem, serve_and_measure
 
 # What the base needs of the ref: the gateway and the generated client code it imports.
 TREES: Final = ("server", "clients/python")
@@ -146,12 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n")[0])
     parser.add_argument("--base", default="HEAD", help="the git ref to compare against (default HEAD)")
     parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument(
-        "--per-start",
-        type=int,
-        default=2,
-        help="rounds before both servers are started again, even (0: once for all rounds)",
-    )
+    add_per_start(parser)
     parser.add_argument("--duration", type=float, default=2.0, help="seconds measured per server and round")
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--concurrency", type=int, default=64)

@@ -139,6 +139,16 @@ def in_turns(count: int, rounds: int, measure_one: Callable[[int], float]) -> li
     return found
 
 
+def add_per_start(parser: argparse.ArgumentParser) -> None:
+    """``--per-start`` (2), for the tools that measure servers in turns (this one and bench.ab)."""
+    parser.add_argument(
+        "--per-start",
+        type=int,
+        default=2,
+        help="rounds before the servers are started again, even (0: once for all rounds)",
+    )
+
+
 def per_start_problem(rounds: int, per_start: int) -> str:
     """Why ``per_start`` cannot divide ``rounds`` into starts ("" when it can). Even, so each start
     measures every order of ``in_turns`` equally often."""
@@ -204,12 +214,7 @@ def run(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.stages", description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument(
-        "--per-start",
-        type=int,
-        default=2,
-        help="rounds before the servers are started again, even (0: once for all rounds)",
-    )
+    add_per_start(parser)
     parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per server and round")
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=64)
