@@ -7,11 +7,10 @@ core as `make bench` pins them, measures them in turn with the load generator on
 ratios with its standard error. Both run with this checkout's virtualenv; the base is the `server`
 and `clients/python` trees of the ref, extracted and put first on PYTHONPATH.
 
-Both servers are started afresh every ``--per-start`` rounds, and the standard error is taken over
-those starts. A process keeps its own speed for life (where its memory landed, its hash seed): a
-tree that skipped every ledger write came out 1.005 ± 0.007 against HEAD and then 1.049 ± 0.009
-in two 16-round runs with one start each, each error counting only the rounds' scatter around
-that pair's offset (with a start every 2 rounds: 1.053 ± 0.009).
+Both servers are started afresh every ``--per-start`` rounds (``bench.stages.serve_and_measure``),
+and the standard error is taken over those starts: a process keeps its own speed for life, so
+rounds of one start only show the scatter around that pair's offset (bench/README.md has the runs
+that showed it).
 
 Run: python -m bench.ab [--base HEAD] [--rounds 12] [--per-start 2] [--duration 2]
                         [--cache-hit | --stream] [--env KEY=VALUE ...]
