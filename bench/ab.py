@@ -138,7 +138,7 @@ def run(
         lambda address, cpus: measure(address, concurrency, duration, warmup, cpus, cache_hit, mode),
         per_start,
     )
-    return Paired(tuple(base), tuple(change), per_start if per_start < rounds else 0)
+    return Paired(tuple(base), tuple(change), per_start)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
