@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
-from typing import Any
+import threading
+from typing import Any, Final
 
 import grpc
 
+from omnirelay import helper_threads
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
+
+# omnirelay's setting, read by the bench's servers too, so that one of them (`echo-poller`) can run
+# its threads as omnirelay's `serve` does; unset, they keep grpcio's defaults.
+HELPER_THREADS_ENV: Final = "OMNIRELAY_SERVER__HELPER_THREADS"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -38,6 +45,7 @@ async def serve_until_signalled(server: grpc.aio.Server, host: str, port: int, b
     """Serve on host:port (0 picks one), print the line the runner waits for, stop on SIGTERM/SIGINT."""
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()
+    helper_threads.apply(os.environ.get(HELPER_THREADS_ENV, "normal"), threading.get_native_id())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -338,10 +338,11 @@ def _same_io_section(report: Report) -> list[str]:
         report,
         ECHO_POLLER,
         f"## {SUBJECT} / echo with the same gRPC I/O (`{ECHO_POLLER}`, unary calls/s)",
-        f"`{ECHO_POLLER}`: a second bare echo server, the same as `echo` but with gRPC's socket work "
-        "done on the thread that polls grpc.aio's completion queue "
-        "(`GRPC_EXPERIMENTS=-event_engine_listener`), as omnirelay's `serve` does it by default "
-        '(`server.grpc_io = "poller"`); `echo` keeps grpcio\'s default (EventEngine threads). '
+        f"`{ECHO_POLLER}`: a second bare echo server, the same as `echo` but with gRPC's threads set "
+        "up as omnirelay's `serve` sets them by default: the socket work done on the thread that "
+        "polls grpc.aio's completion queue (`GRPC_EXPERIMENTS=-event_engine_listener`, "
+        '`server.grpc_io = "poller"`), and every thread but the event loop\'s under SCHED_BATCH '
+        "(`server.helper_threads = \"batch\"`); `echo` keeps grpcio's and the kernel's defaults. "
         f"The target above is judged against `echo`; this ratio is {SUBJECT}'s own cost with the "
         f"transport held equal. A figure, not a target. Measured next to `{SUBJECT}` in each repeat "
         "(ABBA); its rows are in the unary table above.",

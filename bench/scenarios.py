@@ -1,12 +1,12 @@
 """The load scenarios' servers, and the targets the load generator calls in each.
 
 `echo`: the echo server and omnirelay (its `local` provider), both over gRPC; a second echo server
-with gRPC's socket work on its polling thread, as omnirelay does it by default (`echo-poller`, unary
-only, where `unrecorded` is measured); the same omnirelay
-server called with deterministic requests, which it answers from its response cache (`cache-hit`,
-unary only, at the levels asked for: it starts no server of its own); a second omnirelay server
-with usage recording off (`unrecorded`, unary only, at the levels asked for); and a third with
-tracing on (`traced`, unary only, at the levels asked for), exporting its spans to the OTLP sink
+with gRPC's threads as omnirelay's `serve` sets them by default, socket work on the polling thread
+and helper threads under SCHED_BATCH (`echo-poller`, unary only, where `unrecorded` is measured);
+the same omnirelay server called with deterministic requests, which it answers from its response
+cache (`cache-hit`, unary only, at the levels asked for: it starts no server of its own); a second
+omnirelay server with usage recording off (`unrecorded`, unary only, at the levels asked for); and
+a third with tracing on (`traced`, unary only, at the levels asked for), exporting its spans to the OTLP sink
 (bench.otlp_sink), which runs on the load generator's CPU: it stands for a collector elsewhere, and
 on the servers' core its work would be charged to the server as other load.
 `sim`: the provider simulator, the bare relay (bench.relay_server) and omnirelay, both relays with
@@ -33,6 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.baseline import HELPER_THREADS_ENV
 from bench.procs import POLL_S, RunningServer, ServerSpec, ServerStartError, start_server
 from bench.results import (
     BASELINE,
@@ -64,8 +65,12 @@ OMNIRELAY_TRACED_SERVER = "omnirelay-traced"
 OTLP_SINK_SERVER = "otlp-sink"
 # omnirelay's setting that turns usage recording (and budgets) off.
 UNRECORDED_ENV = (("OMNIRELAY_USAGE__ENABLED", "false"),)
-# The bare echo server with gRPC's socket work where omnirelay's `serve` puts it by default.
-ECHO_POLLER_ENV = ((grpc_io.ENV, grpc_io.experiments("poller", "")),)
+# The bare echo server with gRPC's threads set up as omnirelay's `serve` sets them by default: the
+# socket work on the polling thread, and every thread but the event loop's under SCHED_BATCH.
+ECHO_POLLER_ENV = (
+    (grpc_io.ENV, grpc_io.experiments("poller", "")),
+    (HELPER_THREADS_ENV, "batch"),
+)
 # Where the OTLP sink writes its span count, in the run's data directory.
 SINK_COUNT_FILE = "otlp-sink-spans.json"
 RESET_TIMEOUT_S = 5.0

@@ -82,7 +82,7 @@ def unrecorded_levels(config: RunConfig) -> tuple[int, ...]:
     """The echo scenario's levels at which a second omnirelay server is measured beside `omnirelay`
     (unary): the one its ratio is stated at, when the run measures omnirelay's unary calls there.
     The server with usage recording off (`unrecorded`) and the one with tracing on (`traced`)
-    both run there, and so does the echo server with omnirelay's gRPC I/O (`echo-poller`)."""
+    both run there, and so does the echo server with omnirelay's gRPC threads (`echo-poller`)."""
     return (RATIO_C,) if RATIO_C in config.concurrency and "unary" in config.modes else ()
 
 

@@ -169,6 +169,8 @@ async def _run_server(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await app.start()
+    # Once listening, when gRPC's and the ledger's threads exist.
+    _yield_helpers(settings.server.helper_threads)
     if supervised_fd is None:
         print(f"omnirelay serving on {app.address} profile={settings.profile}", flush=True)
     else:
@@ -179,6 +181,31 @@ async def _run_server(
     await stop.wait()
     await app.shutdown()
     return 0
+
+
+def _yield_helpers(choice: str) -> None:
+    import logging
+    import threading
+
+    from omnirelay import helper_threads
+
+    log = logging.getLogger("omnirelay.app")
+    done = helper_threads.apply(choice, threading.get_native_id())
+    if done is None:
+        if choice == "batch":
+            log.info(
+                "server.helper_threads = 'batch' needs Linux's SCHED_BATCH; helper threads keep their policy"
+            )
+        return
+    if done.refused:
+        log.warning(
+            "server.helper_threads = 'batch': %d helper threads could not be set to SCHED_BATCH "
+            "(%d were); they may interrupt the event loop",
+            done.refused,
+            done.batched,
+        )
+    else:
+        log.info("helper threads yield to the event loop: %d under SCHED_BATCH", done.batched)
 
 
 def _config(args: argparse.Namespace) -> int:

@@ -324,10 +324,15 @@ def test_echo_scenario_starts_the_sink_then_the_traced_server(tmp_path: Path) ->
     ]
     assert [s.spec.name for s in started] == names
     assert [t.name for t in targets] == [BASELINE, ECHO_POLLER, SUBJECT, UNRECORDED, TRACED, CACHE_HIT]
-    # The second echo server: the same command, gRPC's socket work on its polling thread, unary at 64.
+    # The second echo server: the same command, gRPC's socket work on its polling thread and its
+    # helper threads under SCHED_BATCH, unary at 64.
     (echo_spec, _), (poller_spec, poller_cpus) = launched[0], launched[1]
     assert poller_spec.argv == echo_spec.argv == ("echo",)
-    assert (echo_spec.env, poller_spec.env) == ((), (("GRPC_EXPERIMENTS", "-event_engine_listener"),))
+    assert echo_spec.env == ()
+    assert poller_spec.env == (
+        ("GRPC_EXPERIMENTS", "-event_engine_listener"),
+        ("OMNIRELAY_SERVER__HELPER_THREADS", "batch"),
+    )
     assert poller_cpus == frozenset({0})
     assert (targets[1].modes, targets[1].levels) == (("unary",), (64,))
     (sink, sink_cpus), (traced_spec, traced_cpus) = launched[4], launched[5]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from omnirelay import grpc_io
+from omnirelay import grpc_io, helper_threads
 from omnirelay.config.cache import CacheSettings, ModelCacheSettings, cache_settings, model_cache_settings
 from omnirelay.config.reader import MISSING, ConfigError, ConfigProblem, Section
 from omnirelay.config.routing import (
@@ -79,6 +79,9 @@ class ServerSettings:
     # "poller" (gRPC's socket work on the thread polling grpc.aio's queue: one thread hop fewer per
     # call) or "event_engine" (grpcio's default); see omnirelay.grpc_io.
     grpc_io: str = "poller"
+    # "batch" (every thread but the event loop's under SCHED_BATCH, so gRPC's wake-ups wait for the
+    # loop instead of preempting it) or "normal"; see omnirelay.helper_threads.
+    helper_threads: str = "batch"
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +228,7 @@ def _server(s: Section) -> ServerSettings:
         shutdown_grace_seconds=s.get_float("shutdown_grace_seconds", 0.0, 3600.0),
         event_loop=s.get_str("event_loop", EVENT_LOOPS, default="uvloop"),
         grpc_io=s.get_str("grpc_io", grpc_io.CHOICES, default="poller"),
+        helper_threads=s.get_str("helper_threads", helper_threads.CHOICES, default="batch"),
     )
     s.reject_unknown()
     return result

@@ -1,0 +1,82 @@
+"""``serve`` puts every thread but the event loop's under SCHED_BATCH, unless told otherwise."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omnirelay import helper_threads
+from tests.integration.serve import env, start
+
+pytestmark = [
+    pytest.mark.subprocess,
+    pytest.mark.skipif(not helper_threads.supported(), reason="needs Linux's SCHED_BATCH and /proc"),
+]
+
+
+def _policies(pid: int) -> dict[int, int]:
+    """Each thread's scheduling policy, by thread id (``policy`` is field 41 of /proc's stat)."""
+    found = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # a thread that ended while we looked
+            continue
+        found[int(task.name)] = int(fields[41 - 3])
+    return found
+
+
+def test_serve_batches_its_helper_threads_and_keeps_the_event_loop_normal() -> None:
+    server = start("--profile", "development")
+    try:
+        policies = _policies(server.process.pid)
+    finally:
+        assert server.stop() == 0
+    # The event loop runs on the main thread, whose id is the process's.
+    loop = policies.pop(server.process.pid)
+    assert loop == os.SCHED_OTHER
+    # gRPC's poller, EventEngine and timer threads at least.
+    assert len(policies) >= 3
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+    assert f"helper threads yield to the event loop: {len(policies)} under SCHED_BATCH" in server.stderr
+
+
+def test_normal_leaves_every_thread_as_it_was() -> None:
+    server = start("--profile", "development", extra_env={"OMNIRELAY_SERVER__HELPER_THREADS": "normal"})
+    try:
+        policies = _policies(server.process.pid)
+    finally:
+        assert server.stop() == 0
+    assert len(policies) >= 4
+    assert set(policies.values()) == {os.SCHED_OTHER}, policies
+    assert "SCHED_BATCH" not in server.stderr
+
+
+def _echo_policies(extra_env: dict[str, str]) -> tuple[int, dict[int, int]]:
+    """The bench's echo server, serving: its process id and its threads' policies."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo_server", "--port", "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**env(), **extra_env},
+    )
+    try:
+        assert process.stdout is not None
+        assert "echo serving on" in process.stdout.readline()
+        return process.pid, _policies(process.pid)
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
+
+
+def test_the_bench_echo_server_takes_the_same_setting_and_keeps_the_defaults_without_it() -> None:
+    pid, policies = _echo_policies({"OMNIRELAY_SERVER__HELPER_THREADS": "batch"})
+    assert policies.pop(pid) == os.SCHED_OTHER
+    assert len(policies) >= 3
+    assert set(policies.values()) == {os.SCHED_BATCH}, policies
+    pid, policies = _echo_policies({})
+    assert set(policies.values()) == {os.SCHED_OTHER}, policies
