@@ -13,9 +13,11 @@ import grpc
 from omnirelay import helper_threads
 from omnirelay_client.v1 import completion_pb2, completion_pb2_grpc
 
-# omnirelay's setting, read by the bench's servers too, so that one of them (`echo-poller`) can run
-# its threads as omnirelay's `serve` does; unset, they keep grpcio's defaults.
-HELPER_THREADS_ENV: Final = "OMNIRELAY_SERVER__HELPER_THREADS"
+# How the bench's own servers run their helper threads (omnirelay's ``server.helper_threads``
+# choices), so that one of them (`echo-poller`) can run them as omnirelay's `serve` does; unset, they
+# keep the kernel's default. A name of the bench's own, not omnirelay's setting: a setting exported
+# for omnirelay (`OMNIRELAY_SERVER__HELPER_THREADS=batch make bench`) must not reach the baselines.
+HELPER_THREADS_ENV: Final = "BENCH_HELPER_THREADS"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 

@@ -331,7 +331,7 @@ def test_echo_scenario_starts_the_sink_then_the_traced_server(tmp_path: Path) ->
     assert echo_spec.env == ()
     assert poller_spec.env == (
         ("GRPC_EXPERIMENTS", "-event_engine_listener"),
-        ("OMNIRELAY_SERVER__HELPER_THREADS", "batch"),
+        ("BENCH_HELPER_THREADS", "batch"),
     )
     assert poller_cpus == frozenset({0})
     assert (targets[1].modes, targets[1].levels) == (("unary",), (64,))
