@@ -14,11 +14,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from omnirelay import cli, grpc_io
 from omnirelay.config import ConfigError, load_settings
+from tests.integration.procfs import thread_stats
 from tests.integration.serve import Served, start
 
 pytestmark = pytest.mark.subprocess
 
 CALLS = 3000
+NORMAL_HELPERS = {"OMNIRELAY_SERVER__HELPER_THREADS": "normal"}
 IN_FLIGHT = 32
 
 
@@ -74,15 +76,10 @@ def test_the_default_is_poller_and_an_unknown_choice_is_a_config_error(
 def _cpu_ticks(pid: int) -> tuple[int, int]:
     """(ticks the process's EventEngine threads used, ticks all its threads used)."""
     engine = total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # a thread that ended while we looked
-            continue
-        ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    for thread in thread_stats(pid):
+        ticks = thread.field(14) + thread.field(15)  # utime + stime
         total += ticks
-        if name.startswith("event_engine"):
+        if thread.name.startswith("event_engine"):
             engine += ticks
     return engine, total
 
@@ -97,8 +94,12 @@ async def _load(address: str) -> None:
 
 
 def _engine_share(extra_env: dict[str, str]) -> float:
-    """The share of the server's CPU its EventEngine threads used while it answered the load."""
-    server: Served = start("--profile", "development", extra_env=extra_env)
+    """The share of the server's CPU its EventEngine threads used while it answered the load.
+
+    The helper threads keep the kernel's policy: under SCHED_BATCH the EventEngine threads' share
+    (their socket work, batched) sat at the 2% the test tells apart, and this is about where the
+    socket work is done, not how the threads are scheduled."""
+    server: Served = start("--profile", "development", extra_env={**NORMAL_HELPERS, **extra_env})
     try:
         before = _cpu_ticks(server.process.pid)
         asyncio.run(_load(server.address))

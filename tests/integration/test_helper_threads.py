@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from omnirelay import helper_threads
+from tests.integration.procfs import children, thread_stats
 from tests.integration.serve import env, start
 
 pytestmark = [
@@ -19,15 +19,8 @@ pytestmark = [
 
 
 def _policies(pid: int) -> dict[int, int]:
-    """Each thread's scheduling policy, by thread id (``policy`` is field 41 of /proc's stat)."""
-    found = {}
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except FileNotFoundError:  # a thread that ended while we looked
-            continue
-        found[int(task.name)] = int(fields[41 - 3])
-    return found
+    """Each thread's scheduling policy, by thread id."""
+    return {thread.tid: thread.field(41) for thread in thread_stats(pid)}
 
 
 def test_serve_batches_its_helper_threads_and_keeps_the_event_loop_normal() -> None:
@@ -83,3 +76,18 @@ def test_the_bench_echo_server_takes_its_own_setting_and_keeps_the_defaults_with
     # omnirelay's own setting, exported for a bench run, is not the baselines'.
     pid, policies = _echo_policies({"OMNIRELAY_SERVER__HELPER_THREADS": "batch"})
     assert set(policies.values()) == {os.SCHED_OTHER}, policies
+
+
+def test_every_worker_of_serve_workers_batches_its_own_helpers() -> None:
+    server = start("--profile", "development", "--workers", "2")
+    try:
+        # The serving line comes once every worker is ready, so each has set its threads by now.
+        workers = children(server.process.pid)
+        policies = {pid: _policies(pid) for pid in workers}
+    finally:
+        assert server.stop() == 0
+    assert len(workers) == 2
+    for pid, threads in policies.items():
+        assert threads.pop(pid) == os.SCHED_OTHER
+        assert len(threads) >= 3
+        assert set(threads.values()) == {os.SCHED_BATCH}, (pid, threads)

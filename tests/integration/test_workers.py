@@ -18,6 +18,7 @@ from grpc import aio
 
 from omnirelay_client.v1 import completion_pb2_grpc, stream_pb2_grpc
 from tests.helpers import event_kinds, first_kind, request, stream_request
+from tests.integration.procfs import children, state_and_parent
 from tests.integration.serve import Served, run_cli, start
 
 pytestmark = pytest.mark.subprocess
@@ -25,25 +26,6 @@ pytestmark = pytest.mark.subprocess
 ESTABLISHED = "01"
 LISTEN = "0A"
 FAST_STOP = {"OMNIRELAY_SERVER__SHUTDOWN_DRAIN_SECONDS": "0"}
-
-
-def _state_and_parent(pid: int | str) -> tuple[str, int] | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]  # the command name may hold spaces
-    return state, int(ppid)
-
-
-def children(parent: int) -> set[int]:
-    """Live (not zombie) child processes of ``parent``."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        info = _state_and_parent(entry) if entry.isdigit() else None
-        if info is not None and info[1] == parent and info[0] != "Z":
-            found.add(int(entry))
-    return found
 
 
 def sockets(pid: int, port: int, state: str) -> int:
@@ -69,7 +51,7 @@ def sockets(pid: int, port: int, state: str) -> int:
 
 def all_gone(pids: set[int]) -> bool:
     """None of ``pids`` runs any more (a zombie left to a non-reaping init counts as gone)."""
-    return all((info := _state_and_parent(pid)) is None or info[0] == "Z" for pid in pids)
+    return all((info := state_and_parent(pid)) is None or info[0] == "Z" for pid in pids)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float = 30.0) -> None:
