@@ -33,7 +33,15 @@ from bench.results import (
     Summary,
 )
 from bench.sections import start_section, streams_section, workers_section
-from bench.targets import Goal, goal_lines, goals_table, unrecorded_levels
+from bench.targets import (
+    Goal,
+    goal_lines,
+    goals_table,
+    reference,
+    reference_lines,
+    reference_notes,
+    unrecorded_levels,
+)
 from bench.tracing import TracingCost, figure_lines, traced_levels, tracing_section
 from bench.workload import STREAM_EVENTS, STREAM_MAX_TOKENS, UNARY_MAX_TOKENS, sim_model
 
@@ -504,9 +512,12 @@ def to_markdown(report: Report) -> str:
         workers = [s for s in report.summaries if s.scenario == WORKERS_SCENARIO]
         ratios = [r for r in report.ratios if r.scenario == WORKERS_SCENARIO]
         out += workers_section(workers, ratios, report.skipped.get(WORKERS_SCENARIO, ""))
+    ref = reference(report.summaries)
     if report.goals:
         out += ["", "## Targets", ""]
         out += goals_table(report.goals)
+        if notes := reference_notes(ref):
+            out += ["", *notes]
     if report.failures:
         out += ["", "## Failures", ""]
         # Continuation lines (a server's last output) indented to stay inside the list item.
@@ -518,6 +529,7 @@ def to_markdown(report: Report) -> str:
         *ratio_lines(report.ratios),
         *added_latency_lines(report.added_latencies),
         *goal_lines(report.goals),
+        *reference_lines(ref),
         *figure_lines(report.tracing),
         f"WALL_TIME s={report.wall_s:.0f}",
     ]

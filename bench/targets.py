@@ -29,6 +29,7 @@ from bench.results import (
     Ratio,
     RunConfig,
     Summary,
+    find_summary,
 )
 from bench.sections import median_first_call_s, median_warm_rss_mb
 from bench.streams import LOCAL_CASE
@@ -42,6 +43,13 @@ CACHE_HIT_RATIO: Final = 0.8
 # omnirelay / omnirelay with usage recording off, unary calls/s at RATIO_C: recording costs at most 5%.
 RECORDING_RATIO: Final = 0.95
 LATENCY_C: Final = 1
+# The bare echo server's unary calls/s at c=RATIO_C on the machine the targets were set against
+# (issue 4: "roughly 5,000"). The ratios against echo depend on how fast the machine's gRPC path
+# is: on a day its loopback calls cost twice as much, echo slows and omnirelay, whose own Python
+# is a smaller share of a dearer call, hardly does, so every ratio reads higher than it would there.
+REFERENCE_ECHO_UNARY: Final = 5_000.0
+# Below this share of the reference, a verdict against echo is not one the reference would give.
+REFERENCE_SHARE: Final = 0.8
 MANY_STREAMS: Final = 10_000
 GIB_MB: Final = 2**30 / 1e6
 
@@ -175,6 +183,54 @@ def _many_streams(config: RunConfig, holds: Sequence[HoldMeasurement]) -> Goal:
     passed = r.peak_open >= MANY_STREAMS and rss < GIB_MB and r.errors == 0 and r.hwm_kb >= 0
     value = f"{r.peak_open:,} open, {number(rss)} MB, {r.errors} errors"
     return Goal(name, goal, value, PASS if passed else FAIL)
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """Where this run's echo stood against the machine the targets were set on."""
+
+    echo_unary: float  # the echo server's median unary calls/s at c=RATIO_C (NaN: not measured)
+
+    @property
+    def share(self) -> float:
+        return self.echo_unary / REFERENCE_ECHO_UNARY
+
+    @property
+    def slower(self) -> bool:
+        """True when the run's gRPC path was too slow for its ratios to stand for the reference's."""
+        return math.isfinite(self.echo_unary) and self.share < REFERENCE_SHARE
+
+
+def reference(summaries: Sequence[Summary]) -> Reference:
+    found = find_summary(summaries, ECHO_SCENARIO, BASELINE, "unary", RATIO_C)
+    return Reference(found.rate.median if found is not None else math.nan)
+
+
+def reference_notes(ref: Reference) -> list[str]:
+    """The sentence under the targets that says how far the run's machine was from the reference."""
+    if not math.isfinite(ref.echo_unary):
+        return []
+    said = (
+        f"echo answered {ref.echo_unary:,.0f} unary calls/s at c={RATIO_C}, "
+        f"{ref.share:.0%} of the {REFERENCE_ECHO_UNARY:,.0f} the targets were set against."
+    )
+    if ref.slower:
+        said += (
+            " Its gRPC path was slower than the reference machine's, which raises every ratio against "
+            "echo: a PASS here is not one the reference would give. Compare runs at a similar echo rate."
+        )
+    return [said]
+
+
+def reference_lines(ref: Reference) -> list[str]:
+    """`REFERENCE echo_unary_c64: 2200 (0.44 of 5000, slower)`, for a script to read."""
+    if not math.isfinite(ref.echo_unary):
+        return []
+    verdict = "slower" if ref.slower else "comparable"
+    return [
+        f"REFERENCE echo_unary_c{RATIO_C}: {ref.echo_unary:.0f} "
+        f"({ref.share:.2f} of {REFERENCE_ECHO_UNARY:.0f}, {verdict})"
+    ]
 
 
 def goals_table(goals: Sequence[Goal]) -> list[str]:
