@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 from bench.loadcore import LoadResult
-from bench.results import ECHO_SCENARIO, SCENARIOS, Measurement, RunConfig
+from bench.machine import MachineFacts
+from bench.report import Report
+from bench.results import ECHO_SCENARIO, SCENARIOS, Measurement, Ratio, RunConfig, Summary
+from bench.targets import Goal
+from bench.tracing import TracingCost
 
 
 def config(**changes: object) -> RunConfig:
@@ -59,3 +64,33 @@ def measured(target: str, repeat: int, calls_per_s: float) -> Measurement:
         first_error="",
     )
     return Measurement(ECHO_SCENARIO, target, "unary", 64, repeat, result)
+
+
+def report_of(
+    run: RunConfig,
+    *,
+    summaries: Sequence[Summary] = (),
+    ratios: Sequence[Ratio] = (),
+    goals: Sequence[Goal] = (),
+    tracing: TracingCost | None = None,
+) -> Report:
+    """A run's report holding only the given figures (what the report tests render)."""
+    return Report(
+        started_utc="2026-01-01 00:00:00 UTC",
+        config=run,
+        machine=MachineFacts("cpu", 2, "kernel", "3.11", "1", "1", "0.1", "abc"),
+        servers={},
+        stops=[],
+        measurements=[],
+        summaries=list(summaries),
+        ratios=list(ratios),
+        added_latencies=[],
+        holds=[],
+        startups=[],
+        skipped={},
+        goals=list(goals),
+        failures=[],
+        warnings=[],
+        wall_s=1.0,
+        tracing=tracing,
+    )

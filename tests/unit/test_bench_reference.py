@@ -11,7 +11,6 @@ import math
 import pytest
 
 from bench import report
-from bench.machine import MachineFacts
 from bench.results import BASELINE, ECHO_SCENARIO, SUBJECT, Measurement, Summary, summarize
 from bench.targets import (
     REFERENCE_ECHO_UNARY,
@@ -22,7 +21,7 @@ from bench.targets import (
     reference_lines,
     reference_notes,
 )
-from tests.bench_helpers import config, measured
+from tests.bench_helpers import config, measured, report_of
 
 
 def echo_runs(*rates: float, concurrency: int = 64) -> list[Measurement]:
@@ -77,25 +76,7 @@ def test_the_report_puts_the_note_under_the_targets_and_the_line_with_the_others
     run = config(scenarios=(ECHO_SCENARIO,), modes=("unary",), concurrency=(64,))
     summaries = summaries_of(echo_runs(2_000.0, 2_200.0, 2_400.0))
     goal = Goal("unary_vs_echo_c64", "omnirelay / echo >= 0.7", "0.95", "PASS")
-    result = report.Report(
-        started_utc="2026-01-01 00:00:00 UTC",
-        config=run,
-        machine=MachineFacts("cpu", 2, "kernel", "3.11", "1", "1", "0.1", "abc"),
-        servers={},
-        stops=[],
-        measurements=[],
-        summaries=summaries,
-        ratios=[],
-        added_latencies=[],
-        holds=[],
-        startups=[],
-        skipped={},
-        goals=[goal],
-        failures=[],
-        warnings=[],
-        wall_s=1.0,
-        tracing=None,
-    )
+    result = report_of(run, summaries=summaries, goals=[goal])
     markdown = report.to_markdown(result)
     targets = markdown.split("## Targets", 1)[1]
     assert "| unary_vs_echo_c64 |" in targets

@@ -18,7 +18,6 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from bench import report, run
-from bench.machine import MachineFacts
 from bench.otlp_sink import Sink, SinkCount, read_count, span_count, write_count
 from bench.outcome import Outcome
 from bench.procs import RunningServer, ServerSpec
@@ -59,7 +58,7 @@ from bench.tracing import (
     tracing_section,
 )
 from omnirelay.config import load_settings
-from tests.bench_helpers import config, measured
+from tests.bench_helpers import config, measured, report_of
 
 
 def traced(value: float, low: float | None = None, high: float | None = None, c: int = 64) -> Ratio:
@@ -218,26 +217,7 @@ def test_report_has_the_section_the_line_and_the_json_figure() -> None:
     run = config(scenarios=(ECHO_SCENARIO,), modes=("unary",), concurrency=(64,))
     same_io = Ratio(ECHO_SCENARIO, ECHO_POLLER, "unary", 64, 0.62, 0.6, 0.65, subject=SUBJECT)
     ratios = [ECHO_RATIO, traced(0.85, 0.83, 0.88), same_io]
-    machine = MachineFacts("cpu", 2, "kernel", "3.11", "1", "1", "0.1", "abc")
-    result = report.Report(
-        started_utc="2026-01-01 00:00:00 UTC",
-        config=run,
-        machine=machine,
-        servers={},
-        stops=[],
-        measurements=[],
-        summaries=[],
-        ratios=ratios,
-        added_latencies=[],
-        holds=[],
-        startups=[],
-        skipped={},
-        goals=[],
-        failures=[],
-        warnings=[],
-        wall_s=1.0,
-        tracing=tracing_cost(run, ratios, SinkCount(36_000, 70)),
-    )
+    result = report_of(run, ratios=ratios, tracing=tracing_cost(run, ratios, SinkCount(36_000, 70)))
     markdown = report.to_markdown(result)
     assert "## Tracing on / off (`traced` / `omnirelay`, unary calls/s)" in markdown
     assert "(traced: 64)" in markdown
