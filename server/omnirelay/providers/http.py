@@ -46,7 +46,7 @@ class UpstreamResponse:
 
 # httpcore 1.0 tidies its pool whenever a request starts or ends, and for every idle connection
 # counts the whole pool again: O(n^2) in the pool's size. With 1,000 connections to one upstream
-# (the bench's 1,000 streams through the simulator) that was half of the server's time. So a pool
+# (the bench's 1,000 streams through the simulator) that was half of the event loop's time. So a pool
 # is split into lanes of at most this many connections, one httpx client each.
 LANE_CONNECTIONS = 16
 
