@@ -1,8 +1,9 @@
 """A bare grpc.aio relay: Complete and StreamComplete forwarded to an OpenAI Chat Completions API.
 
 It is the floor omnirelay is measured against in front of the provider simulator: the same gRPC
-services and message shapes, the same HTTP client (one pooled httpx.AsyncClient with kept-alive
-connections, as omnirelay's provider transport), and nothing else. No routing, no interceptors, no
+services and message shapes, the same HTTP client (httpx with kept-alive connections; one pooled
+httpx.AsyncClient, as a user would write it, where omnirelay's provider transport splits its pool
+into lanes of one client each), and nothing else. No routing, no interceptors, no
 validation, no retries: the request becomes the OpenAI JSON body, the answer's JSON becomes a
 CompleteResponse; a stream's SSE lines become route_started, one text delta per content chunk,
 finish, usage and done, as omnirelay sends them.
