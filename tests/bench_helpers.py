@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from unittest import mock
 
+from bench import run
 from bench.loadcore import LoadResult
 from bench.machine import MachineFacts
+from bench.outcome import Outcome
+from bench.procs import RunningServer
+from bench.quiet import Patience
 from bench.report import Report
 from bench.results import ECHO_SCENARIO, SCENARIOS, Measurement, Ratio, RunConfig, Summary
+from bench.scenarios import Launcher
 from bench.targets import Goal
 from bench.tracing import TracingCost
 
@@ -94,3 +102,43 @@ def report_of(
         wall_s=1.0,
         tracing=tracing,
     )
+
+
+# Stands in for bench.scenarios.start_targets: given the list the runner collects started servers
+# in and the levels it passes on (cache, unrecorded, traced), "starts" servers and returns targets.
+Starts = Callable[[list[RunningServer], tuple[object, ...]], list[Any]]
+
+
+def run_load_scenario(
+    tmp_path: Path,
+    data_dir: Path,
+    run_config: RunConfig,
+    argv: Mapping[str, Sequence[str]],
+    starts: Starts,
+    stop_all: Callable[[list[RunningServer]], list[object]] = lambda servers: [],
+    measure_settled: Callable[..., Measurement] | None = None,
+) -> Outcome:
+    """bench/run.py's runner over ``run_config``'s echo scenario with no real process: ``starts``
+    stands in for start_targets, ``stop_all`` for stopping them, and ``measure_settled`` (when
+    given) for a measurement."""
+
+    def start_targets(
+        scenario: str,
+        argv: object,
+        launcher: Launcher,
+        failures: list[str],
+        started: list[RunningServer],
+        *levels: object,
+    ) -> list[Any]:
+        return starts(started, levels)
+
+    out = Outcome()
+    runner = run._Runner(run_config, Patience(0.0), out)
+    launcher = Launcher(tmp_path, "stamp", None, 60.0, tmp_path, data_dir)
+    with (
+        mock.patch.object(run, "start_targets", start_targets),
+        mock.patch.object(run, "stop_all", stop_all),
+        mock.patch.object(run._Runner, "measure_settled", measure_settled or run._Runner.measure_settled),
+    ):
+        runner.run_load_scenario(ECHO_SCENARIO, argv, launcher)
+    return out

@@ -5,29 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from unittest import mock
 
-from bench import run
-from bench.outcome import Outcome
 from bench.procs import RunningServer, ServerSpec
-from bench.quiet import Patience
 from bench.results import BASELINE, ECHO_SCENARIO, SUBJECT, Measurement
-from bench.scenarios import OMNIRELAY_SERVER, Launcher, Target
-from tests.bench_helpers import config, measured
+from bench.scenarios import OMNIRELAY_SERVER, Target
+from tests.bench_helpers import config, measured, run_load_scenario
 
 
 def test_each_repeat_starts_and_stops_servers_of_its_own(tmp_path: Path) -> None:
     pids = iter(range(100, 200))
-    starts: list[list[int]] = []
+    started_pids: list[list[int]] = []
     stops: list[list[int]] = []
     seen: list[tuple[int, str, int]] = []
 
-    def start_targets(
-        scenario: str,
-        argv: object,
-        launcher: Launcher,
-        failures: list[str],
-        started: list[RunningServer],
-        *levels: object,
-    ) -> list[Target]:
+    def starts(started: list[RunningServer], levels: tuple[object, ...]) -> list[Target]:
         targets = []
         for name in (BASELINE, SUBJECT):
             pid = next(pids)
@@ -35,7 +25,7 @@ def test_each_repeat_starts_and_stops_servers_of_its_own(tmp_path: Path) -> None
             server = RunningServer(ServerSpec(name, ("serve",)), process, f"127.0.0.1:{pid}", tmp_path)
             started.append(server)
             targets.append(Target(name, server, "grpc", server.address, modes=("unary",)))
-        starts.append([server.process.pid for server in started])
+        started_pids.append([server.process.pid for server in started])
         return targets
 
     def stop_all(servers: list[RunningServer]) -> list[object]:
@@ -50,22 +40,12 @@ def test_each_repeat_starts_and_stops_servers_of_its_own(tmp_path: Path) -> None
 
     data_dir = tmp_path / "data"
     data_dir.mkdir()
-    out = Outcome()
-    runner = run._Runner(
-        config(scenarios=(ECHO_SCENARIO,), modes=("unary",), concurrency=(64,), repeats=3),
-        Patience(0.0),
-        out,
-    )
-    launcher = Launcher(tmp_path, "stamp", None, 60.0, tmp_path, data_dir)
-    with (
-        mock.patch.object(run, "start_targets", start_targets),
-        mock.patch.object(run, "stop_all", stop_all),
-        mock.patch.object(run._Runner, "measure_settled", measure_settled),
-    ):
-        runner.run_load_scenario(ECHO_SCENARIO, {OMNIRELAY_SERVER: ("omnirelay", "serve")}, launcher)
+    run_config = config(scenarios=(ECHO_SCENARIO,), modes=("unary",), concurrency=(64,), repeats=3)
+    argv = {OMNIRELAY_SERVER: ("omnirelay", "serve")}
+    out = run_load_scenario(tmp_path, data_dir, run_config, argv, starts, stop_all, measure_settled)
 
     # Three starts, each stopped after its own repeat and before the next start.
-    assert starts == [[100, 101], [102, 103], [104, 105]]
+    assert started_pids == [[100, 101], [102, 103], [104, 105]]
     assert stops == [[100, 101], [102, 103], [104, 105]]
     # Each repeat measures that start's servers, in the flipping (abba) order.
     assert seen == [

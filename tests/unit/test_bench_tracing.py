@@ -17,11 +17,10 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from bench import report, run
+from bench import report
 from bench.otlp_sink import Sink, SinkCount, read_count, span_count, write_count
 from bench.outcome import Outcome
 from bench.procs import RunningServer, ServerSpec
-from bench.quiet import Patience
 from bench.results import (
     BASELINE,
     CACHE_HIT,
@@ -58,7 +57,7 @@ from bench.tracing import (
     tracing_section,
 )
 from omnirelay.config import load_settings
-from tests.bench_helpers import config, measured, report_of
+from tests.bench_helpers import config, measured, report_of, run_load_scenario
 
 
 def traced(value: float, low: float | None = None, high: float | None = None, c: int = 64) -> Ratio:
@@ -405,14 +404,7 @@ def run_echo(
     # A count left by an earlier start: the runner must not take it for this one's.
     write_count(sink_count_path(data_dir), SinkCount(7, 7))
 
-    def start_targets(
-        scenario: str,
-        argv: object,
-        launcher: Launcher,
-        failures: list[str],
-        started: list[RunningServer],
-        *levels: object,
-    ) -> list[object]:
+    def starts(started: list[RunningServer], levels: tuple[object, ...]) -> list[object]:
         asked.append(levels[-1])
         if levels[-1]:
             spec = ServerSpec(OMNIRELAY_TRACED_SERVER, ("omnirelay", "serve"))
@@ -422,15 +414,8 @@ def run_echo(
                 write_count(sink_count_path(data_dir), sink)
         return []
 
-    out = Outcome()
-    runner = run._Runner(config(scenarios=(ECHO_SCENARIO,)), Patience(0.0), out)
-    launcher = Launcher(tmp_path, "stamp", None, 60.0, tmp_path, data_dir)
-    argv = {OMNIRELAY_SERVER: tuple(omnirelay)}
-    with (
-        mock.patch.object(run, "start_targets", start_targets),
-        mock.patch.object(run, "stop_all", return_value=[]),
-    ):
-        runner.run_load_scenario(ECHO_SCENARIO, argv, launcher)
+    run_config = config(scenarios=(ECHO_SCENARIO,))
+    out = run_load_scenario(tmp_path, data_dir, run_config, {OMNIRELAY_SERVER: tuple(omnirelay)}, starts)
     return out, asked
 
 
