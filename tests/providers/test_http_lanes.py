@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from omnirelay.config.schema import HttpProviderSettings
-from omnirelay.errors import UpstreamConnectionError
+from omnirelay.errors import UpstreamConnectionError, UpstreamTimeoutError
 from omnirelay.providers.http import LANE_CONNECTIONS, HttpTransport, lane_sizes, split
 from omnirelay.sim.server import RunningSim
 
@@ -140,6 +140,27 @@ async def test_a_failed_request_gives_its_lane_back() -> None:
         assert in_flight(transport) == [0, 0, 0]
     finally:
         await transport.aclose()
+
+
+async def test_a_timed_out_request_gives_its_lane_back(sim: RunningSim) -> None:
+    # The simulator answers after 2 s; the provider allows 0.2 s for the whole exchange.
+    transport = HttpTransport(settings(sim.base_url + "/v1", max_connections=40, total_timeout=0.2))
+    slow = {**STREAMED, "model": "sim-model+ttft=2000+tokens=2"}
+    try:
+        with pytest.raises(UpstreamTimeoutError):
+            await transport.post("/chat/completions", {**slow, "stream": False})
+        assert in_flight(transport) == [0, 0, 0]
+        with pytest.raises(UpstreamTimeoutError):
+            await read_stream(transport, slow)
+        assert in_flight(transport) == [0, 0, 0]
+    finally:
+        await transport.aclose()
+
+
+async def read_stream(transport: HttpTransport, body: dict[str, Any]) -> None:
+    async with transport.stream("/chat/completions", body) as response:
+        async for _ in transport.chunks(response):
+            pass
 
 
 async def test_a_stream_left_early_gives_its_lane_back(sim: RunningSim) -> None:
