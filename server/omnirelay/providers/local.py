@@ -56,6 +56,8 @@ _TOKENS = tuple(" " + w for w in _VOCAB)
 _TOKEN_COUNT = len(_TOKENS)
 # Unary answers kept for reuse (see LocalProvider.complete); cleared whole when full.
 _MEMO_ENTRIES = 1024
+# A plain call's answer by model, messages, seed, temperature, max_tokens and n (``_memo_key``).
+_MemoKey = tuple[str, tuple[Message, ...], int | None, float | None, int | None, int | None]
 # The provider models the shipped settings route here (local-small, local-large). Any name is
 # answered, so this is what a listing advertises, not a limit on what may be asked for.
 MODELS = ("small", "large")
@@ -77,18 +79,17 @@ class LocalProvider:
         # sequences or logprobs) reuses its answer: as a benchmark's upstream the provider should
         # cost next to nothing, and generating the bench's 16 words cost 95k instructions a call
         # (callgrind), about what the gateway's routing costs.
-        self._memo: dict[str, tuple[tuple[Choice, ...], TokenUsage, int, int]] = {}
+        self._memo: dict[_MemoKey, tuple[tuple[Choice, ...], TokenUsage, int, int]] = {}
 
     @property
     def name(self) -> str:
         return self._settings.name
 
     async def complete(self, call: ProviderCall) -> CompletionResult:
-        prompt = _prompt_key(call)
-        key = _memo_key(call, prompt)
-        known = self._memo.get(key) if key else None
+        key = _memo_key(call)
+        known = self._memo.get(key) if key is not None else None
         if known is None:
-            planned = _plan(call, self._settings.default_output_tokens, prompt)
+            planned = _plan(call, self._settings.default_output_tokens, _prompt_key(call))
             steps = max(c.run_to_end() for c in planned)
             known = (
                 tuple(c.result() for c in planned),
@@ -96,7 +97,7 @@ class LocalProvider:
                 steps,
                 sum(c.tokens for c in planned),
             )
-            if key:
+            if key is not None:
                 if len(self._memo) >= _MEMO_ENTRIES:
                     self._memo.clear()
                 self._memo[key] = known
@@ -314,16 +315,28 @@ def _prompt_key(call: ProviderCall) -> str:
     return f"{call.deployment.provider_model}\x1f{prompt}\x1f{sampling.seed}\x1f{sampling.temperature}"
 
 
-def _memo_key(call: ProviderCall, prompt: str) -> str:
-    """Everything a plain call's answer depends on (``prompt``: its ``_prompt_key``); "" when the
-    call is not plain (not memoized)."""
+def _memo_key(call: ProviderCall) -> _MemoKey | None:
+    """Everything a plain call's answer depends on; None when the call is not plain (not memoized).
+
+    The messages themselves, not the prompt key joined from them: a tuple of frozen structs hashes
+    and compares in C, and the joined string cost more than the rest of the provider's call. It
+    holds more than the prompt key does (names, tool call ids), so equal keys still mean equal
+    answers.
+    """
     request, sampling = call.request, call.sampling
     if request.tools or sampling.stop or sampling.logprobs:
-        return ""
+        return None
     for m in request.messages:
         if m.tool_calls:  # counted in the usage, not in the prompt key
-            return ""
-    return f"{prompt}\x1f{sampling.max_tokens}\x1f{sampling.n}"
+            return None
+    return (
+        call.deployment.provider_model,
+        request.messages,
+        sampling.seed,
+        sampling.temperature,
+        sampling.max_tokens,
+        sampling.n,
+    )
 
 
 def _plan(call: ProviderCall, default_tokens: int, key: str) -> list[_ChoiceState]:

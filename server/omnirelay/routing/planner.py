@@ -210,10 +210,12 @@ def supported(
     unsupported = provider.unsupported_parameters
     if not unsupported:
         return sampling, ()
-    # Only the provider's few unsupported names are looked at, not every sampling field.
-    bad = tuple(sorted(name for name in unsupported if _asks_for(sampling, name)))
-    if not bad:
+    # Only the provider's few unsupported names are looked at, not every sampling field; a
+    # request asking for none of them (the common case) builds nothing.
+    asked = [name for name in unsupported if _asks_for(sampling, name)]
+    if not asked:
         return sampling, ()
+    bad = tuple(sorted(asked))
     if strict:
         raise InvalidArgumentError(
             [

@@ -123,7 +123,7 @@ class Router:
         self, plan: Plan, trail: Trail, tally: Tally, started: float
     ) -> Completion:
         assert plan.primary.deadline_seconds is not None
-        own = asyncio.get_running_loop().time() + plan.primary.deadline_seconds
+        own = self._reaper.time() + plan.primary.deadline_seconds
         try:
             return await self._reaper.run(own, self._complete(plan, trail, tally, started, own))
         except TimeoutError:
