@@ -88,8 +88,9 @@ class Trail:
             ttft_seconds=ttft,
             dropped_parameters=cand.dropped,
             attempts=attempts,
+            # Checked only after failed attempts: a first-try success builds no generator.
             fallback_used=cand.entry is not plan.primary
-            or any(r.deployment != cand.target.deployment for r in self.records),
+            or (bool(self.records) and any(r.deployment != cand.target.deployment for r in self.records)),
         )
 
     def final(self, exc: OmniRelayError) -> OmniRelayError:
