@@ -29,6 +29,8 @@ from omnirelay.telemetry.spans import retries, status_name
 from omnirelay.usage.records import UsageRecord
 
 ROOT_LOGGER = "omnirelay"
+# How many routes' names ``RequestLog`` remembers as checked (cleared when full).
+_NAMES_MAX = 1024
 ACCESS_LOGGER = "omnirelay.access"
 SPAN_BATCHER_LOGGER = "opentelemetry.sdk._shared_internal"
 Redact = Callable[[str], str]
@@ -46,12 +48,13 @@ def _encode(entry: dict[str, Any]) -> str:
 
 
 class _Stamp:
-    """A line's time, with the date part formatted once per second (lines come many per second)."""
+    """A line's time, with the date part formatted once per second (lines come many per second)
+    and the milliseconds taken from a table: formatting them was 5k instructions a line."""
 
     def __init__(self, pattern: str, convert: Callable[[float], time.struct_time], millis: str) -> None:
         self._pattern = pattern
         self._convert = convert
-        self._millis = millis
+        self._millis = tuple(millis.format(ms) for ms in range(1000))
         self._second = -1
         self._stamp = ""
 
@@ -60,7 +63,7 @@ class _Stamp:
         if second != self._second:
             self._second = second
             self._stamp = time.strftime(self._pattern, self._convert(second))
-        return self._millis.format(self._stamp, int((created - second) * 1000))
+        return self._stamp + self._millis[min(int((created - second) * 1000), 999)]
 
 
 class Line(NamedTuple):
@@ -117,7 +120,7 @@ class LineFormatter(logging.Formatter):
 class JsonFormatter(LineFormatter):
     def __init__(self, redact: Redact) -> None:
         super().__init__(redact)
-        self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, "{}.{:03d}Z")
+        self._time = _Stamp("%Y-%m-%dT%H:%M:%S", time.gmtime, ".{:03d}Z")
 
     def line(self, p: Line) -> str:
         return self._redact(self.unmasked(p))
@@ -145,11 +148,11 @@ class TextFormatter(LineFormatter):
 
     def __init__(self, redact: Redact) -> None:
         super().__init__(redact)
-        self._time = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, "{},{:03d}")
+        self._time = _Stamp("%Y-%m-%d %H:%M:%S", time.localtime, ",{:03d}")
 
     def line(self, p: Line) -> str:
         # logging.Formatter.format with "%(asctime)s ..." costs a strftime and a %-format per line.
-        text = f"{self._time(p.created)} {p.level:<7} {p.logger} {p.msg}"
+        text = f"{self._time(p.created)} {_padded(p.level)} {p.logger} {p.msg}"
         if p.fields:
             text += " " + _pairs(p.fields)
         if p.extra:
@@ -159,11 +162,23 @@ class TextFormatter(LineFormatter):
     def with_pairs(self, created: float, level: str, logger: str, msg: str, pairs: str) -> str:
         """``line`` for fields already in their ``k=v`` form and known ``clean`` (``RequestLog``'s
         common line): the mask is not run again over the whole line."""
-        return f"{self._time(created)} {level:<7} {logger} {msg} {pairs}"
+        return f"{self._time(created)} {_padded(level)} {logger} {msg} {pairs}"
+
+
+# Level names as a text line shows them, padded to one width (a format spec per line costs more).
+_PADDED = {name: f"{name:<7}" for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
+
+
+def _padded(level: str) -> str:
+    return _PADDED.get(level) or f"{level:<7}"
 
 
 # Printable ASCII but space, '"' and '=': such a value cannot be misread, so it goes bare.
-_BARE = re.compile(r"[!#-<>-~]+")
+_BARE = re.compile(r"[!#-<>-~]*")
+
+
+def _bare(text: str) -> bool:
+    return _BARE.fullmatch(text) is not None
 
 
 def _pairs(fields: dict[str, Any]) -> str:
@@ -172,12 +187,11 @@ def _pairs(fields: dict[str, Any]) -> str:
     A string outside ``_BARE`` is quoted and escaped: a caller's model name with a newline or
     "k=v" inside must not forge a second line or field.
     """
-    bare = _BARE.fullmatch
     parts = []
     for k, v in fields.items():
         if type(v) is str:
             if v:
-                parts.append(f"{k}={v}" if bare(v) else f"{k}={json.dumps(v, ensure_ascii=False)}")
+                parts.append(f"{k}={v}" if _bare(v) else f"{k}={json.dumps(v, ensure_ascii=False)}")
         elif v is not None:
             parts.append(f"{k}={v}")
     return " ".join(parts)
@@ -255,6 +269,10 @@ class RequestLog:
         formatter = handler.formatter if handler is not None else None
         self._sink = handler.sink if handler is not None and isinstance(formatter, LineFormatter) else None
         self._formatter = formatter if isinstance(formatter, LineFormatter) else None
+        # Whether a route's names (``_ROUTE_NAMES``) hold nothing to mask or quote, remembered:
+        # they repeat on every call of the route, and checking them each time was a quarter of
+        # the line's cost. Bounded, since requested names come from callers.
+        self._names: dict[tuple[str, ...], tuple[bool, bool]] = {}
 
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
         if not self._log.isEnabledFor(logging.INFO):
@@ -268,9 +286,9 @@ class RequestLog:
         # With content on, the prompt and completion are in the line: the mask must pass over it.
         # Off, and with nothing the caller gave for the mask to find: the short forms, without its
         # pass over the whole line (the rest of the line is the gateway's own words and numbers).
-        if not self._content and formatter.clean(given := _given(record)):
+        if not self._content and (checked := self._checked(record, formatter))[0]:
             if isinstance(formatter, TextFormatter):
-                pairs = _text_pairs(record, given)
+                pairs = _text_pairs(record, checked[1])
                 if pairs is not None:
                     sink.write(formatter.with_pairs(ended, "INFO", ACCESS_LOGGER, "request", pairs))
                     return
@@ -284,6 +302,28 @@ class RequestLog:
                 return
         fields = self._fields(record, prompt, completion)
         sink.write(formatter.line(Line(ended, "INFO", ACCESS_LOGGER, "request", record.request_id, fields)))
+
+    def _checked(self, record: UsageRecord, formatter: LineFormatter) -> tuple[bool, bool]:
+        """Whether the strings of the line that a caller or the configuration chose hold nothing
+        the secret mask looks for (``clean``), and whether they need no quoting (``bare``); the
+        rest of a line is the gateway's own words and numbers, with neither. Each string is
+        checked alone: between two of them a line has `` key=``, which no credential marker spans."""
+        names = (
+            record.requested_model,
+            record.resolved_model,
+            record.provider,
+            record.deployment,
+            record.project,
+        )
+        known = self._names.get(names)
+        if known is None:
+            known = (all(formatter.clean(n) for n in names), all(_bare(n) for n in names))
+            if len(self._names) >= _NAMES_MAX:
+                self._names.clear()
+            self._names[names] = known
+        rid, trace = record.request_id, record.trace_id
+        clean = known[0] and formatter.clean(rid) and (not trace or formatter.clean(trace))
+        return clean, known[1] and _bare(rid) and (not trace or _bare(trace))
 
     def _fields(self, record: UsageRecord, prompt: str, completion: str | None) -> dict[str, Any]:
         usage = record.usage
@@ -326,29 +366,29 @@ class RequestLog:
         return fields
 
 
-def _text_pairs(record: UsageRecord, given: str) -> str | None:
-    """``_pairs(RequestLog._fields(record))`` for a call with at most one attempt whose ``given``
-    strings (``_given``) need no quoting; None otherwise (the caller takes the general path).
+def _text_pairs(record: UsageRecord, bare: bool) -> str | None:
+    """``_pairs(RequestLog._fields(record))`` for a call with at most one attempt whose chosen
+    strings need no quoting (``bare``, from ``RequestLog._checked``); None otherwise (the caller
+    takes the general path).
 
     One f-string instead of a dict, a loop and a pattern match per field, and the secret mask
-    shown only the given strings (a third of the line, checked by the caller): the request line
-    is written for every call, and callgrind counts 46k instructions for it this way against 83k
-    the general way. ``test_request_line`` holds the two paths to the same output.
+    shown only the chosen strings (checked by the caller): the request line is written for every
+    call, and callgrind counts 46k instructions for it this way against 83k the general way.
+    ``test_request_line`` holds the two paths to the same output.
     """
-    if len(record.attempts) > 1:
+    if not bare or len(record.attempts) > 1:
         return None
     rid, model, resolved = record.request_id, record.requested_model, record.resolved_model
     provider, deployment = record.provider, record.deployment
     trace_id, project = record.trace_id, record.project
-    # Empty strings are left out of a line, so the fixed layout below needs them all set; one
-    # match over their concatenation shows every one of them is bare.
-    if not (rid and model and resolved and provider and deployment) or not _BARE.fullmatch(given):
+    # Empty strings are left out of a line, so the fixed layout below needs them all set.
+    if not (rid and model and resolved and provider and deployment):
         return None
     usage = record.usage
     text = (
         f"request_id={rid} method={'StreamComplete' if record.streamed else 'Complete'} model={model} "
         f"resolved_model={resolved} provider={provider} deployment={deployment} "
-        f"status={status_name(record.status_code)} latency_ms={round(record.latency_seconds * 1000, 3)} "
+        f"status={status_name(record.status_code)} latency_ms={_ms_text(record.latency_seconds)} "
         f"input_tokens={usage.input_tokens} output_tokens={usage.output_tokens} "
         f"cost_micros={usage.cost_micros} cache={record.cache or 'none'} retries=0 "
         f"fallback={record.fallback_used}"
@@ -356,7 +396,7 @@ def _text_pairs(record: UsageRecord, given: str) -> str | None:
     if trace_id:
         text += f" trace_id={trace_id}"
     if record.ttft_seconds is not None:
-        text += f" ttft_ms={round(record.ttft_seconds * 1000, 3)}"
+        text += f" ttft_ms={_ms_text(record.ttft_seconds)}"
     if usage.cached_input_tokens:
         text += f" cached_input_tokens={usage.cached_input_tokens}"
     if usage.reasoning_tokens:
@@ -368,10 +408,14 @@ def _text_pairs(record: UsageRecord, given: str) -> str | None:
     return text
 
 
-def _given(record: UsageRecord) -> str:
-    """The strings of a request line that a caller or the configuration chose, run together: the
-    rest of the line is the gateway's own words and numbers, with nothing to quote or mask."""
-    return (
-        f"{record.request_id}{record.requested_model}{record.resolved_model}{record.provider}"
-        f"{record.deployment}{record.trace_id}{record.project}"
-    )
+def _ms_text(seconds: float) -> str:
+    """``str(round(seconds * 1000, 3))``, as the general path writes a duration, for about half
+    the cost: one fixed-point conversion (the same correctly rounded digits ``round`` takes)
+    instead of ``round``'s conversion there and back and ``repr``'s third. Below 1e12 ms the
+    rounded value has at most 15 significant digits, so its shortest repr is those digits
+    without trailing zeros."""
+    ms = seconds * 1000
+    if not 0 <= ms < 1e12:
+        return str(round(ms, 3))
+    text = f"{ms:.3f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text

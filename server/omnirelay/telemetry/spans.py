@@ -58,7 +58,8 @@ _STATUS_NAMES = {
 
 
 def status_name(code: int) -> str:
-    return _STATUS_NAMES.get(code, str(code))
+    # Not .get(code, str(code)): that formats the number on every call, known code or not.
+    return _STATUS_NAMES.get(code) or str(code)
 
 
 # gen_ai.provider.name per provider kind, and per OpenAI-compatible flavor where the
