@@ -146,8 +146,8 @@ def _fields(record: UsageRecord) -> dict[str, object]:
     return logs.RequestLog(False, lambda s: s)._fields(record, "", None)
 
 
-def observed(formatter: logs.LineFormatter, record: UsageRecord) -> str:
-    """The line a RequestLog writing through ``formatter`` to a sink makes of ``record``."""
+def observed(formatter: logs.LineFormatter, record: UsageRecord, *more: UsageRecord) -> str:
+    """The lines one RequestLog writing through ``formatter`` to a sink makes of the records."""
     stream = io.StringIO()
     request_log = logs.RequestLog(False, lambda s: s)
     request_log._sink, request_log._formatter = LineSink(stream), formatter
@@ -155,7 +155,8 @@ def observed(formatter: logs.LineFormatter, record: UsageRecord) -> str:
     level = access.level
     access.setLevel(logging.INFO)
     try:
-        request_log.observe(record, "", None)
+        for each in (record, *more):
+            request_log.observe(each, "", None)
     finally:
         access.setLevel(level)
     return stream.getvalue().removesuffix("\n")
@@ -219,18 +220,9 @@ def test_the_remembered_routes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_a_secret_in_a_request_id_is_masked_on_a_route_already_checked() -> None:
     formatter = logs.TextFormatter(Secrets(["hunter2hunter2"]))
-    stream = io.StringIO()
-    request_log = logs.RequestLog(False, lambda s: s)
-    request_log._sink, request_log._formatter = LineSink(stream), formatter
-    access = logging.getLogger(logs.ACCESS_LOGGER)
-    level = access.level
-    access.setLevel(logging.INFO)
-    try:
-        request_log.observe(plain("local-small"), "", None)
-        request_log.observe(plain("local-small")._replace(request_id="hunter2hunter2"), "", None)
-    finally:
-        access.setLevel(level)
-    first, second = stream.getvalue().splitlines()
+    route = plain("local-small")
+    lines = observed(formatter, route, route._replace(request_id="hunter2hunter2"))
+    first, second = lines.splitlines()
     assert "request_id=rid " in first
     assert "hunter2hunter2" not in second
     assert SECRET_MASK in second
