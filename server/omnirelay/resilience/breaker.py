@@ -66,7 +66,8 @@ class AsyncBreaker:
     def __init__(self, name: str, settings: BreakerSettings, listener: StateListener | None = None) -> None:
         self.name = name
         # Closed with no failure counted, as a breaker starts: then admit and succeeded have
-        # nothing to do, and skip pybreaker's state and counter reads (~2k instructions a call).
+        # nothing to do, and skip pybreaker's state and counter reads (properties that go through
+        # its state storage) on every call.
         # A failure or any state change clears it; a success that leaves the breaker closed and
         # its count at zero sets it again.
         self._clean = True

@@ -66,9 +66,8 @@ def _fill_usage(out: types_pb2.Usage, u: d.TokenUsage) -> None:
 
 
 def set_duration(target: duration_pb2.Duration, seconds: float) -> None:
-    # Set in place: about half the cost of building a Duration and copying it in. Each field set
-    # on a protobuf message is ~1k instructions, so a zero ``seconds`` (most latencies) is left
-    # at proto3's default rather than written.
+    # Set in place: about half the cost of building a Duration and copying it in. A zero
+    # ``seconds`` (most latencies) is left at proto3's default: one field write fewer.
     whole = int(seconds)
     if whole:
         target.seconds = whole
@@ -83,7 +82,7 @@ def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
 
 # The route facts every first-try success on one route shares (its models, provider and
 # deployment, and its one attempt's), serialized once: merging them in is one call into protobuf
-# where setting them was eight, each about 1k instructions (callgrind).
+# where setting them was eight, about 1k instructions each on average (callgrind).
 _SHARED_FACTS: dict[tuple[str, str, d.Deployment], bytes] = {}
 # Requested names come from callers; bounded so that odd names cannot grow it without end.
 _SHARED_FACTS_MAX = 1024
