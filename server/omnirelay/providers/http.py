@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from omnirelay import loops
 from omnirelay.config.schema import HttpProviderSettings
 from omnirelay.errors import UpstreamConnectionError, UpstreamError, UpstreamTimeoutError
 
@@ -149,7 +150,7 @@ class HttpTransport:
                 "POST", path, content=_dumps(body), headers=_json(headers), params=params
             )
             # total_timeout bounds the whole exchange, headers and every byte of the body.
-            deadline = asyncio.get_running_loop().time() + self.total_timeout
+            deadline = loops.running_loop().time() + self.total_timeout
             try:
                 async with asyncio.timeout_at(deadline):
                     response = await client.send(request, stream=True)
@@ -170,7 +171,7 @@ class HttpTransport:
         # No asyncio.timeout across the yield (its cancel would land in the consumer's code):
         # a stalled body is cut by read_timeout, a trickling one by this check per chunk.
         deadline: float = response.extensions.get("omnirelay_deadline", float("inf"))
-        clock = asyncio.get_running_loop().time
+        clock = loops.running_loop().time
         try:
             async for chunk in response.aiter_raw():
                 if clock() > deadline:

@@ -7,12 +7,6 @@ watched tasks in a dict and one timer set for the soonest deadline (never
 closer together than ``resolution``), so a call costs two dict operations; a
 deadline fires at most ``resolution`` late. The caller's own gRPC deadline needs none of this: gRPC
 cancels the call itself.
-
-The reaper remembers its event loop. On Python 3.11, ``asyncio.get_running_loop()`` (and
-``current_task()`` without a loop, which calls it) makes a ``getpid`` system call every time, to
-notice a fork: 0.3-0.7 us, twice on every call that sets no deadline. ``current_task(loop)`` is a
-dict lookup, and it also shows the remembered loop is still the one running: a loop that is not
-running has no current task (and a server runs one loop).
 """
 
 from __future__ import annotations
@@ -20,6 +14,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
+
+from omnirelay import loops
 
 _T = TypeVar("_T")
 
@@ -31,24 +27,6 @@ class DeadlineReaper:
         self._expired: set[asyncio.Task[object]] = set()
         self._handle: asyncio.TimerHandle | None = None
         self._next = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _here(self) -> tuple[asyncio.AbstractEventLoop, asyncio.Task[object]]:
-        """The running loop and the current task (called from inside a task)."""
-        loop = self._loop
-        if loop is not None:
-            task = asyncio.current_task(loop)
-            if task is not None:
-                return loop, task
-        # First use, or a new loop (tests run one per test): look it up once and remember it.
-        loop = self._loop = asyncio.get_running_loop()
-        task = asyncio.current_task(loop)
-        assert task is not None, "the reaper watches tasks: call it from inside one"
-        return loop, task
-
-    def time(self) -> float:
-        """The running loop's clock (what deadlines are given in)."""
-        return self._here()[0].time()
 
     def watch(self, task: asyncio.Task[object], when: float) -> None:
         """Cancel ``task`` once the event loop's clock passes ``when``, unless unwatched first."""
@@ -92,7 +70,9 @@ class DeadlineReaper:
         One coroutine, not an async context manager: its enter and exit were two more coroutines
         on every call that sets no deadline of its own.
         """
-        task = self._here()[1]
+        # omnirelay.loops: no getpid system call per call, as asyncio.current_task() makes on 3.11.
+        task = loops.current_task()
+        assert task is not None
         self.watch(task, when)
         try:
             result = await work

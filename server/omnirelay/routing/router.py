@@ -27,6 +27,7 @@ from typing import TypeVar
 
 from msgspec import structs
 
+from omnirelay import loops
 from omnirelay.config.routing import RoutingSettings
 from omnirelay.domain import (
     Completion,
@@ -91,7 +92,7 @@ class Router:
             delay = cand.target.retry.delay(tries, exc.retry_after_seconds)
             if (
                 delay is not None
-                and (deadline is None or asyncio.get_running_loop().time() + delay < deadline)
+                and (deadline is None or loops.running_loop().time() + delay < deadline)
                 and self._budget.try_spend()
             ):
                 return delay
@@ -123,7 +124,7 @@ class Router:
         self, plan: Plan, trail: Trail, tally: Tally, started: float
     ) -> Completion:
         assert plan.primary.deadline_seconds is not None
-        own = self._reaper.time() + plan.primary.deadline_seconds
+        own = loops.running_loop().time() + plan.primary.deadline_seconds
         try:
             return await self._reaper.run(own, self._complete(plan, trail, tally, started, own))
         except TimeoutError:
@@ -332,7 +333,7 @@ class Router:
     def default_deadline(self, model: str) -> float | None:
         """Event-loop time the model's default deadline ends at, for a call that set none."""
         seconds = self.catalog.resolve(model).deadline_seconds
-        return None if seconds is None else asyncio.get_running_loop().time() + seconds
+        return None if seconds is None else loops.running_loop().time() + seconds
 
 
 def _prompt_estimate(cand: Candidate) -> TokenUsage:

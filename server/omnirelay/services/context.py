@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from grpc import aio
 
+from omnirelay import loops
 from omnirelay.domain import RouteInfo
 from omnirelay.interceptors.edge import REQUEST_ID_HEADER
 from omnirelay.services import render
@@ -18,7 +18,7 @@ def deadline(context: aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     if remaining is None:
         return None
-    return asyncio.get_running_loop().time() + remaining
+    return loops.running_loop().time() + remaining
 
 
 def route_metadata(route: RouteInfo) -> tuple[tuple[str, str], ...]:
