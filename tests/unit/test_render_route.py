@@ -3,8 +3,6 @@ bytes serialized once per route, every other route is written field by field; bo
 
 from __future__ import annotations
 
-import pytest
-
 from omnirelay import domain as d
 from omnirelay.services import render
 from omnirelay_client.v1 import completion_pb2, types_pb2
@@ -98,13 +96,12 @@ def test_a_route_after_failed_attempts_lists_every_attempt_field_by_field() -> N
     assert route.fallback_used
 
 
-def test_the_shared_facts_memo_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(render, "_SHARED_FACTS", {})
-    monkeypatch.setattr(render, "_SHARED_FACTS_MAX", 3)
-    for i in range(10):
+def test_the_shared_facts_memo_is_bounded() -> None:
+    render._shared_facts.cache_clear()
+    for i in range(render.SHARED_FACTS_ROUTES + 10):
         route = render.complete_response(_completion(_route(requested_model=f"name-{i}"))).route
         assert route.requested_model == f"name-{i}"
-    assert 0 < len(render._SHARED_FACTS) <= 3
+    assert 0 < render._shared_facts.cache_info().currsize <= render.SHARED_FACTS_ROUTES
 
 
 def test_a_later_choice_keeps_its_index_and_the_first_reads_zero() -> None:

@@ -196,17 +196,17 @@ def test_a_routes_checked_names_are_remembered_but_each_calls_ids_are_checked_ag
     request_log = logs.RequestLog(False, lambda s: s)
     record = plain("local-small")
     assert request_log._checked(record, formatter) == (True, True)
-    assert len(request_log._names) == 1
+    assert request_log._names_checked.cache_info().currsize == 1
     # The same route again, but the caller's request id carries a secret, then a quote.
     leaked = record._replace(request_id="id-hunter2hunter2")
     assert request_log._checked(leaked, formatter) == (False, True)
     assert request_log._checked(record._replace(trace_id='a"b'), formatter) == (True, False)
-    assert len(request_log._names) == 1
+    assert request_log._names_checked.cache_info().currsize == 1
     # A route whose names need the mask is remembered as such.
     dirty = plain("local-small", project="hunter2hunter2")
     assert request_log._checked(dirty, formatter)[0] is False
     assert request_log._checked(dirty, formatter)[0] is False
-    assert len(request_log._names) == 2
+    assert request_log._names_checked.cache_info().currsize == 2
 
 
 def test_the_remembered_routes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -215,7 +215,7 @@ def test_the_remembered_routes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> N
     formatter = logs.TextFormatter(Secrets([]))
     for i in range(20):
         assert request_log._checked(plain(f"model-{i}"), formatter) == (True, True)
-    assert 0 < len(request_log._names) <= 4
+    assert 0 < request_log._names_checked.cache_info().currsize <= 4
 
 
 def test_a_secret_in_a_request_id_is_masked_on_a_route_already_checked() -> None:

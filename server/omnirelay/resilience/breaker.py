@@ -67,7 +67,7 @@ class AsyncBreaker:
         self.name = name
         # Closed with no failure counted, as a breaker starts: then admit and succeeded have
         # nothing to do, and skip pybreaker's state and counter reads (properties that go through
-        # its state storage) on every call.
+        # its state storage): 1.0k instructions a call for the two instead of 5.1k (callgrind).
         # A failure or any state change clears it; a success that leaves the breaker closed and
         # its count at zero sets it again.
         self._clean = True

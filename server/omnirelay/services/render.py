@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from contextvars import ContextVar
 
@@ -82,34 +83,26 @@ def route_facts(r: d.RouteInfo) -> types_pb2.RouteFacts:
 
 # The route facts every first-try success on one route shares (its models, provider and
 # deployment, and its one attempt's), serialized once: merging them in is one call into protobuf
-# where setting them was eight, about 1k instructions each on average (callgrind).
-_SHARED_FACTS: dict[tuple[str, str, d.Deployment], bytes] = {}
-# Requested names come from callers; bounded so that odd names cannot grow it without end.
-_SHARED_FACTS_MAX = 1024
+# where setting them was eight, about 1k instructions each on average (callgrind). Bounded, since
+# requested names come from callers.
+SHARED_FACTS_ROUTES = 1024
 
 
-def _shared_facts(r: d.RouteInfo) -> bytes:
-    key = (r.requested_model, r.resolved_model, r.deployment)
-    found = _SHARED_FACTS.get(key)
-    if found is None:
-        deployment = r.deployment
-        facts = types_pb2.RouteFacts(
-            requested_model=r.requested_model,
-            resolved_model=r.resolved_model,
-            provider=deployment.provider,
-            deployment=deployment.name,
-        )
-        facts.attempts.add(
-            model=r.resolved_model,
-            provider=deployment.provider,
-            deployment=deployment.name,
-            outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
-        )
-        found = facts.SerializeToString()
-        if len(_SHARED_FACTS) >= _SHARED_FACTS_MAX:
-            _SHARED_FACTS.clear()
-        _SHARED_FACTS[key] = found
-    return found
+@functools.lru_cache(maxsize=SHARED_FACTS_ROUTES)
+def _shared_facts(requested_model: str, resolved_model: str, deployment: d.Deployment) -> bytes:
+    facts = types_pb2.RouteFacts(
+        requested_model=requested_model,
+        resolved_model=resolved_model,
+        provider=deployment.provider,
+        deployment=deployment.name,
+    )
+    facts.attempts.add(
+        model=resolved_model,
+        provider=deployment.provider,
+        deployment=deployment.name,
+        outcome=types_pb2.ATTEMPT_OUTCOME_SUCCESS,
+    )
+    return facts.SerializeToString()
 
 
 def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo, upstream_request_id: str = "") -> None:
@@ -122,7 +115,7 @@ def _fill_route(facts: types_pb2.RouteFacts, r: d.RouteInfo, upstream_request_id
         facts.attempts.extend([attempt_proto(a) for a in r.attempts])
     else:
         # A first-try success: its one attempt is the route itself.
-        facts.MergeFromString(_shared_facts(r))
+        facts.MergeFromString(_shared_facts(r.requested_model, r.resolved_model, r.deployment))
         first = facts.attempts[0]
         if upstream_request_id:
             first.upstream_request_id = upstream_request_id

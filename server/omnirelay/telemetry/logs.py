@@ -11,6 +11,7 @@ reach the stream through a ``LineSink``, which batches the writes (sink.py).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -29,7 +30,7 @@ from omnirelay.telemetry.spans import retries, status_name
 from omnirelay.usage.records import UsageRecord
 
 ROOT_LOGGER = "omnirelay"
-# How many routes' names ``RequestLog`` remembers as checked (cleared when full).
+# How many routes' names ``RequestLog`` remembers as checked (the least recently used go first).
 _NAMES_MAX = 1024
 ACCESS_LOGGER = "omnirelay.access"
 SPAN_BATCHER_LOGGER = "opentelemetry.sdk._shared_internal"
@@ -272,7 +273,7 @@ class RequestLog:
         # Whether a route's names (models, provider, deployment, project) hold nothing to mask or
         # quote, remembered: they repeat on every call of the route, and checking them each time
         # was a quarter of the line's cost. Bounded, since requested names come from callers.
-        self._names: dict[tuple[str, ...], tuple[bool, bool]] = {}
+        self._names_checked = functools.lru_cache(maxsize=_NAMES_MAX)(_names_checked)
 
     def observe(self, record: UsageRecord, prompt: str, completion: str | None) -> None:
         if not self._log.isEnabledFor(logging.INFO):
@@ -315,12 +316,7 @@ class RequestLog:
             record.deployment,
             record.project,
         )
-        known = self._names.get(names)
-        if known is None:
-            known = (all(formatter.clean(n) for n in names), all(_bare(n) for n in names))
-            if len(self._names) >= _NAMES_MAX:
-                self._names.clear()
-            self._names[names] = known
+        known = self._names_checked(formatter, names)
         rid, trace = record.request_id, record.trace_id
         clean = known[0] and formatter.clean(rid) and (not trace or formatter.clean(trace))
         return clean, known[1] and _bare(rid) and (not trace or _bare(trace))
@@ -364,6 +360,11 @@ class RequestLog:
             fields["prompt"] = self._mask(prompt)
             fields["completion"] = self._mask(completion or "")
         return fields
+
+
+def _names_checked(formatter: LineFormatter, names: tuple[str, ...]) -> tuple[bool, bool]:
+    """(clean, bare) for a route's names, each checked alone (``RequestLog._checked``)."""
+    return all(formatter.clean(n) for n in names), all(_bare(n) for n in names)
 
 
 def _text_pairs(record: UsageRecord, bare: bool) -> str | None:
