@@ -28,6 +28,7 @@ from omnirelay.usage.postgres import PostgresLedger
 from omnirelay.usage.records import BilledAttempt, UsageRecord
 from omnirelay.usage.schema import MIGRATIONS
 from omnirelay.usage.sqlite import SqliteLedger
+from omnirelay.usage.sqlite_rows import CHUNK_ROWS
 
 ALL_VERSIONS = [m.version for m in MIGRATIONS]
 
@@ -617,7 +618,7 @@ async def test_a_big_sqlite_batch_lets_the_event_loop_run_between_small_chunks(t
             await asyncio.sleep(0)
 
     try:
-        rows = 10 * sqlite_ledger._WRITE_CHUNK
+        rows = 10 * CHUNK_ROWS
         ticker = asyncio.ensure_future(other_calls())
         await asyncio.sleep(0)
         before = turns
@@ -625,8 +626,8 @@ async def test_a_big_sqlite_batch_lets_the_event_loop_run_between_small_chunks(t
         writing = False
         await ticker
         # One turn for the others at least between every two chunks.
-        assert turns - before >= rows // sqlite_ledger._WRITE_CHUNK - 1
-        assert sqlite_ledger._WRITE_CHUNK <= 32
+        assert turns - before >= rows // CHUNK_ROWS - 1
+        assert CHUNK_ROWS <= 32
         assert await ledger.count(UsageQuery()) == rows
     finally:
         await ledger.close()

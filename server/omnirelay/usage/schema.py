@@ -182,10 +182,10 @@ RECORD_COLUMNS: tuple[str, ...] = (
 )
 
 
-_NO_TAGS = "{}"
+NO_TAGS = "{}"
 
 
-def _plain(r: UsageRecord) -> bool:
+def plain_attempts(r: UsageRecord) -> bool:
     """Is the attempt list the one the columns imply: one success on the record's own route?"""
     if len(r.attempts) != 1:
         return False
@@ -238,9 +238,9 @@ def record_row(r: UsageRecord, flag: Callable[[bool], Any] = bool) -> tuple[Any,
         u.cost_micros,
         r.saved_cost_micros,
         r.price_table_version,
-        json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True) if r.tags else _NO_TAGS,
+        json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True) if r.tags else NO_TAGS,
         # "" rather than NULL: binding None goes through the SQLite driver's adapter lookup.
-        "" if not r.attempts or _plain(r) else attempts_json(r.attempts),
+        "" if not r.attempts or plain_attempts(r) else attempts_json(r.attempts),
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import aiosqlite
 
+from omnirelay.usage import sqlite_rows
 from omnirelay.usage.ledger import BudgetScope, BudgetSpec, LedgerUnavailableError, UsageQuery
 from omnirelay.usage.records import UsageRecord
 from omnirelay.usage.schema import (
@@ -32,7 +33,6 @@ from omnirelay.usage.schema import (
     pending,
     query_filter,
     record_from_row,
-    record_row,
     scope_filter,
 )
 
@@ -40,18 +40,12 @@ from omnirelay.usage.schema import (
 # I/O errors), the file system, and a value SQLite refuses (an integer beyond 64 bits).
 _FAILURES = (sqlite3.Error, OSError, OverflowError)
 
-_INSERT = (
-    f"INSERT INTO usage_records ({', '.join(RECORD_COLUMNS)}) "
-    f"VALUES ({', '.join('?' for _ in RECORD_COLUMNS)}) "
-    "ON CONFLICT (record_id) DO NOTHING"
-)
-
 # Rows fetched per hop to the connection's thread while an export streams.
 _EXPORT_CHUNK = 500
-# Rows inserted between yields to the event loop. The writes run on the loop's thread, so a call
-# arriving during a batch waits for the chunk in progress. Callgrind counts 43k instructions a row,
-# about 17 us on the bench's 2-core VM: 16 rows hold the loop about 0.3 ms, 100 held it about 1.7.
-_WRITE_CHUNK = 16
+# Rows inserted between yields to the event loop: ``sqlite_rows.CHUNK_ROWS``. The writes run on the
+# loop's thread, so a call arriving during a batch waits for the statement in progress. At 43k
+# instructions a row (callgrind, before rows bound only what they set), about 17 us on the bench's
+# 2-core VM, 16 rows held the loop about 0.3 ms and 100 about 1.7.
 # Batches between WAL checkpoints (SQLite's own default is every 1000 pages, about 4 MB).
 _CHECKPOINT_EVERY = 8
 
@@ -100,12 +94,13 @@ class SqliteLedger:
                 # than failing at the first insert when another writer holds it.
                 writer.execute("BEGIN IMMEDIATE")
                 try:
-                    for start in range(0, len(records), _WRITE_CHUNK):
-                        if start:
+                    for n, (sql, parameters, many) in enumerate(sqlite_rows.statements(records)):
+                        if n:
                             await asyncio.sleep(0)
-                        writer.executemany(
-                            _INSERT, [record_row(r, int) for r in records[start : start + _WRITE_CHUNK]]
-                        )
+                        if many:
+                            writer.executemany(sql, parameters)
+                        else:
+                            writer.execute(sql, parameters)
                     writer.execute("COMMIT")
                 except BaseException:
                     if writer.in_transaction:
