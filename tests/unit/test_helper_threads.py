@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -57,6 +58,13 @@ def test_a_thread_that_has_ended_counts_as_refused_and_the_rest_are_still_set(he
     thread = threading.Thread(target=lambda: ended.append(threading.get_native_id()))
     thread.start()
     thread.join()
+    # join() returns once Python is done with the thread, a moment before the kernel's task is
+    # gone (CI once set the policy on it in that moment): wait for /proc to drop it.
+    gone = helper_threads.TASKS / str(ended[0])
+    deadline = time.monotonic() + 5
+    while gone.exists() and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert not gone.exists()
     done = helper_threads.deprioritize([ended[0], helper])
     assert done == helper_threads.Deprioritized(batched=1, refused=1)
     assert os.sched_getscheduler(helper) == os.SCHED_BATCH
