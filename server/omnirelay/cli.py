@@ -171,6 +171,7 @@ async def _run_server(
     await app.start()
     # Once listening, when gRPC's and the ledger's threads exist.
     _yield_helpers(settings.server.helper_threads)
+    _freeze_startup_heap()
     if supervised_fd is None:
         print(f"omnirelay serving on {app.address} profile={settings.profile}", flush=True)
     else:
@@ -181,6 +182,24 @@ async def _run_server(
     await stop.wait()
     await app.shutdown()
     return 0
+
+
+def _freeze_startup_heap() -> None:
+    """Keep what start-up built (modules, settings, protobuf descriptors, the wired app) out of
+    the garbage collector's full passes: it lives as long as the process.
+
+    Each full pass otherwise walks all of it again. Under c=64 unary load a full pass took about
+    31 ms, six times in 35 s (timed with ``gc.callbacks``): a stall of every call in flight. The
+    garbage start-up left is collected first, so none of it is kept for good.
+    """
+    import gc
+    import logging
+
+    gc.collect()
+    gc.freeze()
+    logging.getLogger("omnirelay.app").info(
+        "start-up heap left out of garbage collection passes: %d objects", gc.get_freeze_count()
+    )
 
 
 def _yield_helpers(choice: str) -> None:
