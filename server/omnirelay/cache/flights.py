@@ -15,6 +15,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Generic, TypeVar
 
+from omnirelay import loops
+
 _T = TypeVar("_T")
 
 
@@ -29,7 +31,7 @@ class Flight(Generic[_T]):
         self.error: BaseException | None = None
         self.followers = 0
         self.task: asyncio.Task[None] | None = None
-        self._wakeup: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._wakeup: asyncio.Future[None] = loops.running_loop().create_future()
 
     def publish(self, item: _T) -> None:
         self.items.append(item)
@@ -42,7 +44,8 @@ class Flight(Generic[_T]):
 
     def _wake(self) -> None:
         waiting = self._wakeup
-        self._wakeup = asyncio.get_running_loop().create_future()
+        # Once per published item, a streamed token among them: omnirelay.loops, no getpid call.
+        self._wakeup = loops.running_loop().create_future()
         if not waiting.done():
             waiting.set_result(None)
 
