@@ -185,7 +185,7 @@ RECORD_COLUMNS: tuple[str, ...] = (
 NO_TAGS = "{}"
 
 
-def plain_attempts(r: UsageRecord) -> bool:
+def _plain_attempts(r: UsageRecord) -> bool:
     """Is the attempt list the one the columns imply: one success on the record's own route?"""
     if len(r.attempts) != 1:
         return False
@@ -200,6 +200,19 @@ def plain_attempts(r: UsageRecord) -> bool:
         and not a.upstream_request_id
         and not a.latency_seconds
     )
+
+
+def tags_text(r: UsageRecord) -> str:
+    """The ``tags`` column: the tags as JSON with sorted keys, ``NO_TAGS`` for none."""
+    return json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True) if r.tags else NO_TAGS
+
+
+def attempts_text(r: UsageRecord) -> str:
+    """The ``attempts`` column: "" for none or the plain one the other columns imply, else JSON.
+
+    "" rather than NULL: binding None goes through the SQLite driver's adapter lookup.
+    """
+    return "" if not r.attempts or _plain_attempts(r) else attempts_json(r.attempts)
 
 
 def record_row(r: UsageRecord, flag: Callable[[bool], Any] = bool) -> tuple[Any, ...]:
@@ -238,9 +251,8 @@ def record_row(r: UsageRecord, flag: Callable[[bool], Any] = bool) -> tuple[Any,
         u.cost_micros,
         r.saved_cost_micros,
         r.price_table_version,
-        json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True) if r.tags else NO_TAGS,
-        # "" rather than NULL: binding None goes through the SQLite driver's adapter lookup.
-        "" if not r.attempts or plain_attempts(r) else attempts_json(r.attempts),
+        tags_text(r),
+        attempts_text(r),
     )
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from omnirelay.usage.records import UsageRecord, attempts_json
-from omnirelay.usage.schema import NO_TAGS, plain_attempts
+from omnirelay.usage.records import UsageRecord
+from omnirelay.usage.schema import NO_TAGS, attempts_text, tags_text
 
 # Rows of one shape in one INSERT. SQLite (before 3.32) takes at most 999 parameters a statement:
 # 16 rows of 30 stay far below it. The writer yields to the event loop between statements.
@@ -148,10 +147,11 @@ def shape_of(r: UsageRecord) -> tuple[int, list[Any]]:
         values.append(r.saved_cost_micros)
     if r.tags:
         shape |= 32768
-        values.append(json.dumps(dict(r.tags), separators=(",", ":"), sort_keys=True))
-    if r.attempts and not plain_attempts(r):
+        values.append(tags_text(r))
+    attempts = attempts_text(r)
+    if attempts:
         shape |= 65536
-        values.append(attempts_json(r.attempts))
+        values.append(attempts)
     return shape, values
 
 
