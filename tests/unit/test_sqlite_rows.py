@@ -94,11 +94,8 @@ def db() -> Iterator[sqlite3.Connection]:
 
 
 def store(db: sqlite3.Connection, records: list[UsageRecord]) -> None:
-    for sql, parameters, many in statements(records):
-        if many:
-            db.executemany(sql, parameters)
-        else:
-            db.execute(sql, parameters)
+    for sql, rows in statements(records):
+        db.executemany(sql, rows)
 
 
 def stored(db: sqlite3.Connection) -> dict[str, tuple[object, ...]]:
@@ -154,9 +151,10 @@ def test_random_mixes_of_shapes_in_one_batch_are_all_stored_as_record_row_says(
 def test_rows_of_one_shape_go_a_chunk_to_a_statement_and_the_rest_row_by_row() -> None:
     records = [plain(n) for n in range(2 * CHUNK_ROWS + 3)]
     made = list(statements(records))
-    assert [many for _, _, many in made] == [False, False, True]
+    # Two chunk statements with one flat parameter set each, then one row at a time.
+    assert [len(rows) for _, rows in made] == [1, 1, 3]
     width = len(sqlite_rows.ALWAYS)
-    assert [len(parameters) for _, parameters, _ in made] == [CHUNK_ROWS * width, CHUNK_ROWS * width, 3]
+    assert [len(rows[0]) for _, rows in made] == [CHUNK_ROWS * width, CHUNK_ROWS * width, width]
     assert made[0][0].count("(?,") == CHUNK_ROWS
     assert made[2][0].count("(?,") == 1
 
@@ -166,7 +164,9 @@ def test_a_replayed_record_is_skipped_in_a_multi_row_statement(db: sqlite3.Conne
     store(db, first)
     # Fifteen replays and one new record share one statement: the new one still lands.
     again = [*first[1:], plain(99)]
-    assert [many for _, _, many in statements(again)] == [False]
+    made = list(statements(again))
+    assert [len(rows) for _, rows in made] == [1]
+    assert made[0][0].count("(?,") == CHUNK_ROWS
     store(db, [*again, first[3]._replace(project="changed")])
     rows = stored(db)
     assert len(rows) == CHUNK_ROWS + 1

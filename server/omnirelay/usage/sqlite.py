@@ -95,13 +95,10 @@ class SqliteLedger:
                 # than failing at the first insert when another writer holds it.
                 writer.execute("BEGIN IMMEDIATE")
                 try:
-                    for n, (sql, parameters, many) in enumerate(sqlite_rows.statements(records)):
+                    for n, (sql, rows) in enumerate(sqlite_rows.statements(records)):
                         if n:
                             await asyncio.sleep(0)
-                        if many:
-                            writer.executemany(sql, parameters)
-                        else:
-                            writer.execute(sql, parameters)
+                        writer.executemany(sql, rows)
                     writer.execute("COMMIT")
                 except BaseException:
                     if writer.in_transaction:

@@ -158,18 +158,15 @@ def shape_of(r: UsageRecord) -> tuple[int, list[Any]]:
 @functools.lru_cache(maxsize=256)
 def insert(shape: int, rows: int) -> str:
     """The INSERT for ``rows`` rows of one shape (a replayed record id is skipped, as everywhere)."""
-    one = ", ".join(("?",) * len(ALWAYS) + tuple(_value(o, shape >> i & 1) for i, o in enumerate(OPTIONAL)))
+    optional = tuple(o.given if shape >> i & 1 else o.default for i, o in enumerate(OPTIONAL))
+    one = ", ".join(("?",) * len(ALWAYS) + optional)
     tuples = ", ".join((f"({one})",) * rows)
     return f"INSERT INTO usage_records ({_COLUMNS}) VALUES {tuples} ON CONFLICT (record_id) DO NOTHING"
 
 
-def _value(column: OptionalColumn, given: int) -> str:
-    return column.given if given else column.default
-
-
-def statements(records: Sequence[UsageRecord]) -> Iterator[tuple[str, Sequence[Any], bool]]:
-    """``(sql, parameters, many)`` to run in order to store ``records``: ``many`` means
-    ``executemany`` over a list of rows, otherwise ``execute`` with one flat list."""
+def statements(records: Sequence[UsageRecord]) -> Iterator[tuple[str, list[list[Any]]]]:
+    """``(sql, parameter sets)`` to pass to ``executemany`` in order to store ``records``: a
+    statement of ``CHUNK_ROWS`` rows once per whole chunk of a shape, then one row at a time."""
     shapes: dict[int, list[list[Any]]] = {}
     for r in records:
         shape, values = shape_of(r)
@@ -184,6 +181,6 @@ def statements(records: Sequence[UsageRecord]) -> Iterator[tuple[str, Sequence[A
         if whole:
             sql = insert(shape, CHUNK_ROWS)
             for start in range(0, whole, CHUNK_ROWS):
-                yield sql, list(flatten(rows[start : start + CHUNK_ROWS])), False
+                yield sql, [list(flatten(rows[start : start + CHUNK_ROWS]))]
         if whole < len(rows):
-            yield insert(shape, 1), rows[whole:], True
+            yield insert(shape, 1), rows[whole:]
