@@ -189,16 +189,17 @@ def _plain_attempts(r: UsageRecord) -> bool:
     """Is the attempt list the one the columns imply: one success on the record's own route?"""
     if len(r.attempts) != 1:
         return False
-    a = r.attempts[0]
+    # Unpacked once: every record the ledger writes asks this (a descriptor call per field read).
+    model, provider, deployment, outcome, detail, latency_seconds, upstream_request_id, usage = r.attempts[0]
     return (
-        (a.usage is r.usage or a.usage == r.usage)
-        and a.outcome == "success"
-        and a.model == r.resolved_model
-        and a.provider == r.provider
-        and a.deployment == r.deployment
-        and not a.detail
-        and not a.upstream_request_id
-        and not a.latency_seconds
+        (usage is r.usage or usage == r.usage)
+        and outcome == "success"
+        and model == r.resolved_model
+        and provider == r.provider
+        and deployment == r.deployment
+        and not detail
+        and not upstream_request_id
+        and not latency_seconds
     )
 
 
