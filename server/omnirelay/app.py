@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc import aio
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection
 
 from omnirelay.cache.layer import CacheLayer
@@ -38,6 +38,7 @@ from omnirelay.services.cache_admin import CacheService
 from omnirelay.services.completion import CompletionService
 from omnirelay.services.health import HealthService
 from omnirelay.services.pending import BenchmarkService
+from omnirelay.services.registry import register
 from omnirelay.services.stream import StreamCompletionService
 from omnirelay.services.usage import UsageService
 from omnirelay.telemetry import logs
@@ -51,15 +52,10 @@ from omnirelay.usage.pricing import PriceTable, price_rows
 from omnirelay.usage.runtime import UsageRuntime
 from omnirelay_client.v1 import (
     benchmark_pb2,
-    benchmark_pb2_grpc,
     cache_pb2,
-    cache_pb2_grpc,
     completion_pb2,
-    completion_pb2_grpc,
     stream_pb2,
-    stream_pb2_grpc,
     usage_pb2,
-    usage_pb2_grpc,
 )
 
 if TYPE_CHECKING:
@@ -79,6 +75,12 @@ SERVICE_NAMES = (
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services whose health follows the routes: NOT_SERVING when no deployment can take a call.
 ROUTED_SERVICES = SERVICE_NAMES[:2]
+# The request path's methods, by service: the only ones registered with gRPC's core
+# (services/registry.py says why); every other method is served through the generic handlers.
+REQUEST_PATH: dict[str, tuple[str, ...]] = {
+    "CompletionService": ("Complete", "Embed"),
+    "StreamCompletionService": ("StreamComplete",),
+}
 
 
 @dataclass
@@ -303,23 +305,17 @@ def build_app(
         # Outside the cache: hits and coalesced calls are recorded and admitted like any other call.
         usage_layer.guard(completion, streaming)
     usage.recorder.add_feeder(usage_layer.conclude_ended)
-    completion_pb2_grpc.add_CompletionServiceServicer_to_server(
-        edge.guard(completion, _service(completion_pb2, "CompletionService")), server
-    )
-    stream_pb2_grpc.add_StreamCompletionServiceServicer_to_server(
-        edge.guard(streaming, _service(stream_pb2, "StreamCompletionService")), server
-    )
-    cache_pb2_grpc.add_CacheServiceServicer_to_server(
-        edge.guard(CacheService(cache, catalog), _service(cache_pb2, "CacheService")), server
-    )
-    benchmark_pb2_grpc.add_BenchmarkServiceServicer_to_server(
-        edge.guard(BenchmarkService(), _service(benchmark_pb2, "BenchmarkService")), server
-    )
-    usage_pb2_grpc.add_UsageServiceServicer_to_server(
-        edge.guard(UsageService(usage), _service(usage_pb2, "UsageService")), server
-    )
+    for module, servicer in (
+        (completion_pb2, completion),
+        (stream_pb2, streaming),
+        (cache_pb2, CacheService(cache, catalog)),
+        (benchmark_pb2, BenchmarkService()),
+        (usage_pb2, UsageService(usage)),
+    ):
+        (service,) = module.DESCRIPTOR.services_by_name.values()
+        register(server, edge.guard(servicer, service), service, REQUEST_PATH.get(service.name, ()))
     health_servicer = HealthService()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    register(server, health_servicer, _service(health_pb2, "Health"))
 
     async def publish(serving: bool) -> None:
         status = (
