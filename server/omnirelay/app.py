@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from google.protobuf.descriptor import ServiceDescriptor
@@ -174,9 +174,10 @@ class App:
         logs.flush()
 
 
-def _service(module: Any, name: str) -> ServiceDescriptor:
-    descriptor: ServiceDescriptor = module.DESCRIPTOR.services_by_name[name]
-    return descriptor
+def _service(module: Any) -> ServiceDescriptor:
+    """The one service a generated ``*_pb2`` module declares."""
+    (descriptor,) = module.DESCRIPTOR.services_by_name.values()
+    return cast(ServiceDescriptor, descriptor)
 
 
 def _upstreams(settings: Settings) -> dict[str, Upstream]:
@@ -312,10 +313,10 @@ def build_app(
         (benchmark_pb2, BenchmarkService()),
         (usage_pb2, UsageService(usage)),
     ):
-        (service,) = module.DESCRIPTOR.services_by_name.values()
+        service = _service(module)
         register(server, edge.guard(servicer, service), service, REQUEST_PATH.get(service.name, ()))
     health_servicer = HealthService()
-    register(server, health_servicer, _service(health_pb2, "Health"))
+    register(server, health_servicer, _service(health_pb2))
 
     async def publish(serving: bool) -> None:
         status = (

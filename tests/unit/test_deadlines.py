@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from omnirelay import loops
 from omnirelay.resilience.deadlines import DeadlineReaper
 
 
@@ -95,6 +96,9 @@ def test_a_reaper_used_on_a_second_event_loop_watches_that_loops_tasks() -> None
 
     async def timed_out() -> bool:
         loop = asyncio.get_running_loop()
+        # The clock deadlines are given in is this loop's, not the one before.
+        assert abs(loops.running_loop().time() - loop.time()) < 0.5
+        assert loops.running_loop() is loop
         try:
             await reaper.run(loop.time() + 0.05, asyncio.sleep(5))
         except TimeoutError:

@@ -35,7 +35,9 @@ _KINDS: Final[dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler[Any, A
 }
 
 
-def method_handler(behavior: Callable[..., Any], method: MethodDescriptor) -> grpc.RpcMethodHandler[Any, Any]:
+def _method_handler(
+    behavior: Callable[..., Any], method: MethodDescriptor
+) -> grpc.RpcMethodHandler[Any, Any]:
     """``behavior`` as the handler of ``method``, (de)serializing its messages."""
     request = message_factory.GetMessageClass(method.input_type)
     response = message_factory.GetMessageClass(method.output_type)
@@ -50,7 +52,7 @@ def register(
 ) -> None:
     """Serve every method of ``service`` from ``servicer`` (its attribute of the method's name),
     with the methods named in ``hot`` registered with gRPC's core too."""
-    handlers = {m.name: method_handler(getattr(servicer, m.name), m) for m in service.methods}
+    handlers = {m.name: _method_handler(getattr(servicer, m.name), m) for m in service.methods}
     unknown = sorted(set(hot) - set(handlers))
     if unknown:
         raise ValueError(f"{service.full_name} has no method {', '.join(unknown)}")

@@ -45,8 +45,8 @@ _EXPORT_CHUNK = 500
 # The writes run on the loop's thread, so a call arriving during a batch waits for the statement in
 # progress: each holds at most ``sqlite_rows.CHUNK_ROWS`` rows, with a yield to the loop between
 # statements. At 43k instructions a row (callgrind, before rows bound only what they set), about
-# 17 us on the bench's 2-core VM, 16 rows held the loop about 0.3 ms and 100 about 1.7; at 26k a
-# row now, a statement holds it about 0.2 ms.
+# 17 us on the bench's 2-core VM, 16 rows held the loop about 0.3 ms and 100 about 1.7; at the 26k
+# a row of now (the same callgrind loop), scaled alike, a statement holds it about 0.2 ms.
 
 # Batches between WAL checkpoints (SQLite's own default is every 1000 pages, about 4 MB).
 _CHECKPOINT_EVERY = 8
